@@ -1,0 +1,34 @@
+"""lincompile: Linear-layer networks → chain-rule training graphs → ONNX, C and CUDA."""
+
+__version__ = "0.1.0"
+
+from .autodiff import grad
+from .backends import TARGETS, Executable, compile
+from .errors import (
+    CompileError,
+    FeedError,
+    GradientError,
+    LincompileError,
+    ModelLoadError,
+    ShapeError,
+    UnsupportedOpError,
+    ValidationError,
+)
+from .ir import Graph, Node, Param, Value
+from .training import SGD, Adam, AdamW, training_graph
+from .validate import Report, random_feeds, validate
+
+
+def save_onnx(graph, path, inline=False):
+    """Write ``graph`` (model or training graph) as a standard ONNX file."""
+    from .backends.onnx import save_onnx as _save
+
+    return _save(graph, path, inline=inline)
+
+
+__all__ = [
+    "SGD", "TARGETS", "Adam", "AdamW", "CompileError", "Executable", "FeedError",
+    "GradientError", "Graph", "LincompileError", "ModelLoadError", "Node", "Param", "Report",
+    "ShapeError", "UnsupportedOpError", "ValidationError", "Value", "__version__", "compile",
+    "grad", "random_feeds", "save_onnx", "training_graph", "validate",
+]

@@ -1,0 +1,105 @@
+"""ONNX export (standard ops, one opset) and the onnxruntime backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.inliner
+from onnx import TensorProto, helper
+
+from .. import __version__
+from ..errors import CompileError, LincompileError
+from ..ir import Graph, Value
+from ..ops import get_op
+from .base import Executable
+from .onnx_builder import DOMAIN, OPSET, OnnxBuilder, _np_to_proto
+
+ONNX_DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
+               "int64": TensorProto.INT64}
+
+
+def _value_info(v: Value) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(v.name, ONNX_DTYPES[v.dtype], list(v.shape))
+
+
+def to_onnx(graph: Graph) -> onnx.ModelProto:
+    """The graph as an ONNX model: parameters and constants become initializers."""
+    graph.verify()
+    b = OnnxBuilder({v.name: v.shape for v in graph.values.values()})
+    for n in graph.nodes:
+        lower = get_op(n.op).onnx
+        if lower is None:
+            raise CompileError(f"node '{n.name}': op '{n.op}' has no ONNX lowering")
+        b.prefix = n.name
+        lower(b, [v.name for v in n.inputs], [v.name for v in n.outputs], **n.attrs)
+    inits = [_np_to_proto(p.data, k) for k, p in graph.params.items()]
+    g = helper.make_graph(b.nodes, graph.name, [_value_info(v) for v in graph.inputs],
+                          [_value_info(v) for v in graph.outputs], inits + b.initializers)
+    opsets = [helper.make_opsetid("", OPSET)]
+    if b.functions:
+        opsets.append(helper.make_opsetid(DOMAIN, 1))
+    model = helper.make_model(g, opset_imports=opsets, functions=list(b.functions.values()),
+                              producer_name="lincompile", producer_version=__version__)
+    model.ir_version = 9  # onnx ≥ 1.15 and every onnxruntime that runs opset 18 read it
+    helper.set_model_props(model, {k: str(v) for k, v in graph.meta.items()})
+    return model
+
+
+def save_onnx(graph: Graph, path: str | os.PathLike, inline: bool = False) -> Path:
+    """Write ``graph`` to ``path`` after ``onnx.checker`` (full check) accepts it.
+
+    ``inline=True`` expands lincompile's local functions into plain standard nodes (for
+    tools without function support; such a file no longer loads back as fused ops).
+    """
+    model = to_onnx(graph)
+    if inline:
+        model = onnx.inliner.inline_local_functions(model)
+    check(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, path)
+    return path
+
+
+def check(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # onnx raises several types; keep one line
+        raise CompileError(f"exported model '{model.graph.name}' fails onnx.checker: "
+                           f"{str(e).splitlines()[0]}") from None
+
+
+class OnnxExecutable(Executable):
+    """The graph exported to ONNX and run by onnxruntime's CPUExecutionProvider."""
+
+    target = "onnx"
+
+    def __init__(self, graph: Graph, providers: list[str] | None = None):
+        super().__init__(graph)
+        import onnxruntime as ort
+
+        self.model = to_onnx(graph)
+        check(self.model)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 2  # warnings stay visible: our graphs must cause none
+        try:
+            self.session = ort.InferenceSession(self.model.SerializeToString(), opts,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:
+            raise CompileError(f"onnxruntime rejected graph '{graph.name}': "
+                               f"{str(e).splitlines()[0]}") from None
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            outs = self.session.run(self.output_names, feeds)
+        except Exception as e:
+            raise LincompileError(f"onnxruntime failed on graph '{self.graph.name}': "
+                                  f"{str(e).splitlines()[0]}") from None
+        return dict(zip(self.output_names, outs))
+
+
+def compile(graph: Graph, providers: list[str] | None = None) -> OnnxExecutable:
+    return OnnxExecutable(graph, providers)

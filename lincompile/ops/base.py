@@ -1,0 +1,156 @@
+"""The op declaration: one record holds everything lincompile knows about an op.
+
+An op's shape rule, numpy reference, gradient rule, ONNX lowering and kernel
+template live together in one :class:`OpDef`, registered once with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ShapeError, UnsupportedOpError
+
+if TYPE_CHECKING:
+    from ..ir import Dim, Value
+
+#: A shape rule returns one ``(dtype, shape)`` per output.
+TensorType = tuple[str, tuple["Dim", ...]]
+FLOATS = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything about one op.
+
+    ``inputs`` names the inputs (a trailing ``?`` marks an optional one).
+    ``grad`` has one rule per input, ``None`` where no gradient flows; a rule is
+    ``rule(g, dy, *inputs, y=output, **attrs) -> Value`` and builds IR nodes in ``g``.
+    ``grad=None`` as a whole means the op is not differentiable at all.
+    ``onnx(b, ins, outs, **attrs)`` emits the ONNX nodes (see ``backends/onnx_builder``).
+    ``domains`` hints what random feeds suit each input ("label", "nonneg", "count",
+    "positive"), for validation.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    infer: Callable[..., list[TensorType]]
+    reference: Callable[..., Any]
+    grad: tuple[Callable[..., Value] | None, ...] | None = None
+    onnx: Callable[..., None] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    kernel: str | None = None
+    domains: tuple[str | None, ...] = ()
+    doc: str = ""
+
+    @property
+    def min_inputs(self) -> int:
+        return sum(1 for n in self.inputs if not n.endswith("?"))
+
+    def input_name(self, i: int) -> str:
+        return self.inputs[i].rstrip("?")
+
+    def domain(self, i: int) -> str | None:
+        return self.domains[i] if i < len(self.domains) else None
+
+    def check_attrs(self, attrs: dict[str, Any], node: str) -> dict[str, Any]:
+        unknown = sorted(set(attrs) - set(self.attrs))
+        if unknown:
+            raise ShapeError(
+                f"node '{node}' ({self.name}): unknown attribute(s) {unknown}; "
+                f"'{self.name}' takes {sorted(self.attrs) or 'none'}"
+            )
+        return {**self.attrs, **attrs}
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    """Add an op declaration to the registry (once per name)."""
+    if op.name in OPS:
+        raise ValueError(f"op '{op.name}' declared twice")
+    OPS[op.name] = op
+    return op
+
+
+def get_op(name: str) -> OpDef:
+    """The declaration of IR op ``name``, or an error listing the declared ops."""
+    try:
+        return OPS[name]
+    except KeyError:
+        raise UnsupportedOpError(
+            f"unknown op '{name}'; lincompile declares: {', '.join(sorted(OPS))}"
+        ) from None
+
+
+# ----------------------------------------------------------------- shape helpers
+def fmt_shape(shape: Sequence[Dim]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def dims_match(a: Dim, b: Dim) -> bool:
+    """Two dims can be equal: ints must match, a symbolic dim matches anything."""
+    return a == b or isinstance(a, str) or isinstance(b, str)
+
+
+def expect(v: Value, *, rank: int | None = None, dtypes: Sequence[str] = FLOATS,
+           what: str = "input") -> None:
+    """Raise a ShapeError naming ``v`` unless it has the given rank and a dtype in ``dtypes``."""
+    if v.dtype not in dtypes:
+        raise ShapeError(f"{what} '{v.name}' has dtype {v.dtype}, expected {' or '.join(dtypes)}")
+    if rank is not None and len(v.shape) != rank:
+        raise ShapeError(
+            f"{what} '{v.name}' has shape {fmt_shape(v.shape)} (rank {len(v.shape)}), "
+            f"expected rank {rank}"
+        )
+
+
+def same_dtype(*vs: Value) -> str:
+    """The common dtype of ``vs``, or a ShapeError naming the odd one."""
+    for v in vs[1:]:
+        if v.dtype != vs[0].dtype:
+            raise ShapeError(
+                f"'{v.name}' has dtype {v.dtype} but '{vs[0].name}' has {vs[0].dtype}; "
+                "they must match"
+            )
+    return vs[0].dtype
+
+
+def same_shape(a: Value, b: Value) -> tuple[Dim, ...]:
+    if len(a.shape) != len(b.shape) or not all(map(dims_match, a.shape, b.shape)):
+        raise ShapeError(
+            f"'{a.name}' has shape {fmt_shape(a.shape)} but '{b.name}' has "
+            f"{fmt_shape(b.shape)}; they must match"
+        )
+    return tuple(x if isinstance(x, int) else y for x, y in zip(a.shape, b.shape))
+
+
+def broadcast(a: Value, b: Value) -> tuple[Dim, ...]:
+    """numpy broadcasting of two shapes, with symbolic dims."""
+    ra, rb = list(a.shape), list(b.shape)
+    n = max(len(ra), len(rb))
+    ra, rb = [1] * (n - len(ra)) + ra, [1] * (n - len(rb)) + rb
+    out: list[Dim] = []
+    for x, y in zip(ra, rb):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        elif isinstance(x, str) or isinstance(y, str):
+            out.append(y if isinstance(x, str) else x)
+        else:
+            raise ShapeError(
+                f"shapes {fmt_shape(a.shape)} of '{a.name}' and {fmt_shape(b.shape)} of "
+                f"'{b.name}' do not broadcast"
+            )
+    return tuple(out)
+
+
+def scalar(v: Value, dtypes: Sequence[str], what: str) -> None:
+    if v.shape != () or v.dtype not in dtypes:
+        raise ShapeError(
+            f"{what} '{v.name}' must be a {' or '.join(dtypes)} scalar, got "
+            f"{v.dtype}{fmt_shape(v.shape)}"
+        )

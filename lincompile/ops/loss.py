@@ -1,0 +1,127 @@
+"""Losses with torch.nn's default reduction, and their gradients.
+
+``mse`` is ``torch.nn.MSELoss()`` (mean over all elements); ``softmax_cross_entropy`` is
+``torch.nn.CrossEntropyLoss()`` on int64 class indices (mean over the batch), computed
+through a stable log-softmax.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from .base import OpDef, expect, fmt_shape, register, same_dtype, same_shape, scalar
+
+
+# ------------------------------------------------------------------------------ mse
+def _mse_infer(pred, target):
+    expect(pred)
+    same_shape(pred, target)
+    return [(same_dtype(pred, target), ())]
+
+
+def _mse_grad_infer(dloss, pred, target):
+    scalar(dloss, (pred.dtype,), "loss gradient")
+    return [(same_dtype(pred, target), same_shape(pred, target))]
+
+
+def _mse_body(f):
+    pred, target = f.inputs
+    diff = f.node("Sub", [pred, target], ["diff"])
+    f.node("ReduceMean", [f.node("Mul", [diff, diff], ["sq"])], f.outputs, keepdims=0)
+
+
+def _mse_grad_body(f):
+    dloss, pred, target = f.inputs   # dloss · 2 (pred − target) / numel
+    numel = f.node("CastLike", [f.node("Size", [pred], ["size"]), pred], ["numel"])
+    two = f.node("CastLike", [f.const(np.array(2, np.float32), "two"), pred], ["two_like"])
+    scale = f.node("Div", [f.node("Mul", [dloss, two], ["twice"]), numel], ["scale"])
+    f.node("Mul", [f.node("Sub", [pred, target], ["diff"]), scale], f.outputs)
+
+
+mse_grad = register(OpDef(
+    "mse_grad", ("dloss", "pred", "target"), _mse_grad_infer,
+    lambda dloss, pred, target: (dloss * 2 / pred.size * (pred - target)).astype(pred.dtype),
+    onnx=lambda b, ins, outs: b.call("MSELossGrad", ins, outs, _mse_grad_body),
+    kernel="mse_grad", doc="dloss · 2 (pred − target) / numel",
+))
+
+mse = register(OpDef(
+    "mse", ("pred", "target"), _mse_infer,
+    lambda pred, target: np.asarray(np.mean((pred - target) ** 2), pred.dtype),
+    grad=(lambda g, dy, pred, target, **_: g.apply("mse_grad", [dy, pred, target]),
+          lambda g, dy, pred, target, **_: g.mul(g.apply("mse_grad", [dy, pred, target]),
+                                                 g.const(np.array(-1, pred.dtype)))),
+    onnx=lambda b, ins, outs: b.call("MSELoss", ins, outs, _mse_body),
+    kernel="mse", doc="mean((pred − target)²) over all elements",
+))
+
+
+# -------------------------------------------------------------- softmax cross-entropy
+def _sce_check(logits, labels):
+    expect(logits, rank=2)
+    expect(labels, rank=1, dtypes=("int64",), what="labels")
+    if not same_shape_0(logits, labels):
+        raise ShapeError(f"labels '{labels.name}' {fmt_shape(labels.shape)} must be "
+                         f"[{logits.shape[0]}] to match logits '{logits.name}'")
+
+
+def same_shape_0(a, b):
+    x, y = a.shape[0], b.shape[0]
+    return x == y or isinstance(x, str) or isinstance(y, str)
+
+
+def _sce_infer(logits, labels):
+    _sce_check(logits, labels)
+    return [(logits.dtype, ())]
+
+
+def _sce_grad_infer(dloss, logits, labels):
+    _sce_check(logits, labels)
+    scalar(dloss, (logits.dtype,), "loss gradient")
+    return [(logits.dtype, logits.shape)]
+
+
+def log_softmax(x):
+    z = x - x.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _sce_ref(logits, labels):
+    logp = log_softmax(logits)
+    return np.asarray(-logp[np.arange(len(labels)), labels].mean(), logits.dtype)
+
+
+def _sce_grad_ref(dloss, logits, labels):
+    p = np.exp(log_softmax(logits))
+    p[np.arange(len(labels)), labels] -= 1
+    return (p * (dloss / len(labels))).astype(logits.dtype)
+
+
+def _sce_grad_body(f):
+    dloss, logits, labels = f.inputs   # dloss · (softmax(logits) − onehot(labels)) / N
+    probs = f.node("Softmax", [logits], ["probs"], axis=1)
+    depth = f.node("Shape", [logits], ["classes"], start=1, end=2)
+    values = f.node("CastLike", [f.const(np.array([0, 1], np.float32), "off_on"), logits],
+                    ["values"])
+    onehot = f.node("OneHot", [labels, depth, values], ["onehot"], axis=-1)
+    n = f.node("CastLike", [f.node("Shape", [logits], ["batch"], start=0, end=1), logits], ["n"])
+    scale = f.node("Div", [dloss, n], ["scale"])
+    f.node("Mul", [f.node("Sub", [probs, onehot], ["diff"]), scale], f.outputs)
+
+
+sce_grad = register(OpDef(
+    "softmax_cross_entropy_grad", ("dloss", "logits", "labels"), _sce_grad_infer, _sce_grad_ref,
+    onnx=lambda b, ins, outs: b.call("SoftmaxCrossEntropyGrad", ins, outs, _sce_grad_body),
+    kernel="softmax_cross_entropy_grad", domains=(None, None, "label"),
+    doc="dloss · (softmax(logits) − onehot(labels)) / N",
+))
+
+sce = register(OpDef(
+    "softmax_cross_entropy", ("logits", "labels"), _sce_infer, _sce_ref,
+    grad=(lambda g, dy, logits, labels, **_: g.apply(sce_grad.name, [dy, logits, labels]),
+          None),
+    onnx=lambda b, ins, outs: b.node("SoftmaxCrossEntropyLoss", ins, outs, reduction="mean"),
+    kernel="softmax_cross_entropy", domains=(None, "label"),
+    doc="−mean_n log_softmax(logits)[n, labels[n]]",
+))

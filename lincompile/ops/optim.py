@@ -1,0 +1,125 @@
+"""Optimizer updates with torch.optim semantics (one node per parameter).
+
+``sgd``: torch.optim.SGD (dampening 0, no Nesterov); the velocity starts at zero, which
+gives torch's first step ``buf = grad`` exactly. ``adam``/``adamw``: torch.optim.Adam and
+AdamW, with bias correction; ``step`` counts the updates already made.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from .base import FLOATS, OpDef, expect, register, same_shape, scalar
+
+
+def _sgd_infer(p, grad, *rest, momentum, weight_decay):
+    *state, lr = rest
+    expect(p, what="parameter")
+    for s in (grad, *state):
+        same_shape(p, s)
+    scalar(lr, FLOATS, "learning rate")
+    if bool(state) != bool(momentum):
+        raise ShapeError(f"sgd on '{p.name}': a velocity input is needed exactly when momentum "
+                         f"is nonzero (momentum={momentum}, {len(state)} velocity inputs)")
+    return [(p.dtype, p.shape)] * (1 + len(state))
+
+
+def _sgd_ref(p, grad, *rest, momentum, weight_decay):
+    *state, lr = rest
+    g = grad + weight_decay * p if weight_decay else grad
+    if not momentum:
+        return (p - lr * g).astype(p.dtype)
+    v = momentum * state[0] + g
+    return (p - lr * v).astype(p.dtype), v.astype(p.dtype)
+
+
+def _sgd_body(f):
+    p, grad, *state, lr = f.inputs
+    g = f.node("Add", [grad, f.node("Mul", [f.attr("weight_decay", p), p], ["decay"])], ["g"])
+    if state:
+        v = f.node("Add", [f.node("Mul", [f.attr("momentum", p), state[0]], ["mv"]), g],
+                   [f.outputs[1]])
+        g = f.node("Identity", [v], ["update"])
+    f.node("Sub", [p, f.node("Mul", [lr, g], ["step"])], [f.outputs[0]])
+
+
+def _sgd_onnx(b, ins, outs, *, momentum, weight_decay):
+    if momentum:
+        b.call("SGDMomentum", ins, outs, _sgd_body, momentum=momentum, weight_decay=weight_decay)
+    else:
+        b.call("SGD", ins, outs, _sgd_body, weight_decay=weight_decay)
+
+
+sgd = register(OpDef(
+    "sgd", ("param", "grad", "velocity?", "lr"), _sgd_infer, _sgd_ref, onnx=_sgd_onnx,
+    attrs={"momentum": 0.0, "weight_decay": 0.0}, kernel="sgd",
+    domains=(None, None, None, "positive"),
+    doc="g = grad + wd·p; v = momentum·v + g; p −= lr·v",
+))
+
+
+def _adam_infer(p, grad, m, v, step, lr, **_):
+    expect(p, what="parameter")
+    for s in (grad, m, v):
+        same_shape(p, s)
+    scalar(step, ("int64",), "step")
+    scalar(lr, FLOATS, "learning rate")
+    return [(p.dtype, p.shape)] * 3
+
+
+def _adam_ref(p, grad, m, v, step, lr, *, beta1, beta2, eps, weight_decay, decoupled):
+    if decoupled:
+        p = p * (1 - lr * weight_decay)
+    elif weight_decay:
+        grad = grad + weight_decay * p
+    t = float(step) + 1
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad * grad
+    denom = np.sqrt(v) / np.sqrt(1 - beta2**t) + eps
+    p = p - (lr / (1 - beta1**t)) * (m / denom)
+    return tuple(a.astype(grad.dtype) for a in (p, m, v))
+
+
+def _adam_body(f, decoupled):
+    p, grad, m, v, step, lr = f.inputs
+    one = f.node("CastLike", [f.const(np.array(1, np.float32), "one"), p], ["one_like"])
+    b1, b2, eps, wd = (f.attr(a, p) for a in ("beta1", "beta2", "eps", "weight_decay"))
+    if decoupled:  # AdamW: p ← p · (1 − lr·wd), then Adam without L2
+        p = f.node("Mul", [p, f.node("Sub", [one, f.node("Mul", [lr, wd], ["lr_wd"])],
+                                     ["shrink"])], ["p_decayed"])
+    else:         # Adam: L2 penalty added to the gradient
+        grad = f.node("Add", [grad, f.node("Mul", [wd, p], ["decay"])], ["g"])
+    m2 = f.node("Add", [f.node("Mul", [b1, m], ["b1m"]),
+                        f.node("Mul", [f.node("Sub", [one, b1], ["1-b1"]), grad], ["gm"])],
+                [f.outputs[1]])
+    gg = f.node("Mul", [grad, grad], ["gg"])
+    v2 = f.node("Add", [f.node("Mul", [b2, v], ["b2v"]),
+                        f.node("Mul", [f.node("Sub", [one, b2], ["1-b2"]), gg], ["gv"])],
+                [f.outputs[2]])
+    t = f.node("CastLike", [f.node("Add", [step, f.const(np.array(1, np.int64), "one_i")],
+                                   ["step1"]), p], ["t"])
+    bc1 = f.node("Sub", [one, f.node("Pow", [b1, t], ["b1t"])], ["bc1"])
+    bc2 = f.node("Sub", [one, f.node("Pow", [b2, t], ["b2t"])], ["bc2"])
+    denom = f.node("Add", [f.node("Div", [f.node("Sqrt", [v2], ["sqrt_v"]),
+                                          f.node("Sqrt", [bc2], ["sqrt_bc2"])], ["v_hat"]), eps],
+                   ["denom"])
+    step_size = f.node("Div", [lr, bc1], ["step_size"])
+    upd = f.node("Mul", [step_size, f.node("Div", [m2, denom], ["ratio"])], ["update"])
+    f.node("Sub", [p, upd], [f.outputs[0]])
+
+
+def _adam_op(name, fn, decoupled, wd):
+    return register(OpDef(
+        name, ("param", "grad", "m", "v", "step", "lr"), _adam_infer,
+        lambda *a, **k: _adam_ref(*a, **k, decoupled=decoupled),
+        onnx=lambda b, ins, outs, **attrs: b.call(
+            fn, ins, outs, lambda f: _adam_body(f, decoupled), **attrs),
+        attrs={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": wd}, kernel="adam",
+        domains=(None, None, None, "nonneg", "count", "positive"),
+        doc=f"torch.optim.{fn} update",
+    ))
+
+
+adam = _adam_op("adam", "Adam", False, 0.0)
+adamw = _adam_op("adamw", "AdamW", True, 0.01)
