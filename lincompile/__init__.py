@@ -19,6 +19,13 @@ from .training import SGD, Adam, AdamW, training_graph
 from .validate import Report, random_feeds, validate
 
 
+def load_onnx(model):
+    """Import an ONNX model (path, bytes or ModelProto) as a :class:`Graph`."""
+    from .frontends.onnx_import import load_onnx as _load
+
+    return _load(model)
+
+
 def save_onnx(graph, path, inline=False):
     """Write ``graph`` (model or training graph) as a standard ONNX file."""
     from .backends.onnx import save_onnx as _save
@@ -30,5 +37,5 @@ __all__ = [
     "SGD", "TARGETS", "Adam", "AdamW", "CompileError", "Executable", "FeedError",
     "GradientError", "Graph", "LincompileError", "ModelLoadError", "Node", "Param", "Report",
     "ShapeError", "UnsupportedOpError", "ValidationError", "Value", "__version__", "compile",
-    "grad", "random_feeds", "save_onnx", "training_graph", "validate",
+    "grad", "load_onnx", "random_feeds", "save_onnx", "training_graph", "validate",
 ]

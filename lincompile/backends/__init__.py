@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ..errors import LincompileError
 from ..ir import Graph
 from .base import Executable
 
-TARGETS = ("reference", "onnx")
+#: target name -> module whose ``compile(graph, **options)`` builds the Executable.
+BACKENDS = {
+    "reference": "lincompile.backends.reference",
+    "onnx": "lincompile.backends.onnx",
+}
+TARGETS = tuple(BACKENDS)
 
 
 def compile(graph: Graph, target: str = "reference", **options: Any) -> Executable:
@@ -19,10 +25,6 @@ def compile(graph: Graph, target: str = "reference", **options: Any) -> Executab
     >>> lc.compile(g, "onnx").run({"x": np.array([[-1, 2]], np.float32)})["relu"]
     array([[0., 2.]], dtype=float32)
     """
-    if target == "reference":
-        from .reference import compile as build
-    elif target == "onnx":
-        from .onnx import compile as build
-    else:
+    if target not in BACKENDS:
         raise LincompileError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
-    return build(graph, **options)
+    return importlib.import_module(BACKENDS[target]).compile(graph, **options)
