@@ -3,7 +3,7 @@
 >>> import lincompile as lc
 >>> g = lc.Graph("mlp", seed=0)
 >>> x = g.input("x", ["N", 4])
->>> g.output(g.linear(g.relu(g.linear(x, 8, name="fc1")), 3, name="fc2"))
+>>> _ = g.output(g.linear(g.relu(g.linear(x, 8, name="fc1")), 3, name="fc2"))
 >>> g.outputs[0]
 fc2: float32[N, 3]
 """

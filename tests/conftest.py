@@ -1,0 +1,38 @@
+"""Shared fixtures: the backends every parametrized test runs on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lincompile as lc
+
+
+def available_targets() -> list[str]:
+    """Every registered target that can run here ('cuda' needs a GPU)."""
+    out = []
+    for t in lc.TARGETS:
+        if t == "cuda":
+            try:
+                from lincompile.backends.cuda import gpu_available
+            except ImportError:
+                continue
+            if not gpu_available():
+                continue
+        out.append(t)
+    return out
+
+
+TARGETS = available_targets()
+#: Targets other than the reference itself: compared against the float64 reference.
+COMPILED = [t for t in TARGETS if t != "reference"]
+
+
+@pytest.fixture(params=TARGETS)
+def target(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

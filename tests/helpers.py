@@ -1,0 +1,40 @@
+"""Small test helpers (models, training loops), shared by several test files."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import lincompile as lc
+
+
+def mlp(sizes=(20, 16, 4), act="relu", seed=0, name="mlp") -> lc.Graph:
+    """A Linear/activation stack with torch's default initialization."""
+    g = lc.Graph(name, seed=seed)
+    h = g.input("x", ["N", sizes[0]])
+    for i, n in enumerate(sizes[1:], 1):
+        h = g.linear(h, n, name=f"fc{i}")
+        if i < len(sizes) - 1:
+            h = getattr(g, act)(h)
+    g.output(h)
+    return g
+
+
+def teacher_data(n=64, d_in=20, classes=4, seed=0):
+    """A learnable classification problem: labels from a fixed random linear teacher."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d_in)).astype(np.float32)
+    y = np.argmax(x @ rng.standard_normal((d_in, classes)), axis=1).astype(np.int64)
+    return x, y
+
+
+def train(exe: lc.Executable, graph: lc.Graph, batches, lr: float, steps: int):
+    """Run ``steps`` training steps, feeding every ``S.next`` back as ``S``; returns the
+    loss curve and the final state."""
+    state = dict(graph.initial_state)
+    losses = []
+    for i in range(steps):
+        x, y = batches[i % len(batches)]
+        out = exe.run({"x": x, "target": y, "lr": np.float32(lr), **state})
+        losses.append(float(out["loss"]))
+        state = {k: out[f"{k}.next"] for k in state}
+    return np.array(losses), state
