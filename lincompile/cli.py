@@ -1,19 +1,344 @@
-"""The ``lincompile`` command line."""
+"""The ``lincompile`` command line.
+
+Each subcommand is one function registered in :data:`COMMANDS` with its arguments, help
+and example. Exit codes: 0 ok, 1 validation failed, 2 usage or input error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-from . import __version__
+from . import TARGETS, __version__
+from .errors import LincompileError
+
+OK, FAILED, USAGE = 0, 1, 2
+
+
+class UsageError(LincompileError):
+    """Bad arguments or an unusable input file: exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        raise UsageError(f"{message} (see '{self.prog} -h')")
+
+
+@dataclass
+class Command:
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    add_args: Callable[[argparse.ArgumentParser], None]
+    help: str
+    example: str
+
+
+#: name -> subcommand; a new subcommand is one function plus one ``@command`` line.
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, add_args: Callable, help: str, example: str):
+    def register(fn: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = Command(name, fn, add_args, help, example)
+        return fn
+    return register
+
+
+# ------------------------------------------------------------------------------- helpers
+def load(path: str):
+    """A model or training graph from an ONNX file (errors say which file)."""
+    from . import load_onnx
+
+    if not Path(path).is_file():
+        raise UsageError(f"no such file: '{path}'")
+    return load_onnx(path)
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _positive(kind: type, minimum: float = 0, inclusive: bool = False):
+    def parse(s: str):
+        v = kind(s)
+        if v < minimum or (v == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'≥' if inclusive else '>'} {minimum}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _betas(s: str) -> tuple[float, float]:
+    try:
+        b1, b2 = (float(b) for b in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B1,B2 (two floats), got '{s}'") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise argparse.ArgumentTypeError("betas must lie in [0, 1)")
+    return b1, b2
+
+
+def roles(graph) -> tuple[list, list, list]:
+    """(trainable parameters, frozen parameters, optimizer state) of a model or training
+    graph: in a training graph a trainable parameter is an input ``P`` with ``P.next`` or
+    ``P.grad`` among the outputs."""
+    outs = {v.name for v in graph.outputs}
+    frozen = [p.value for p in graph.params.values() if not p.const and not p.trainable]
+    if not any(v.name == "loss" for v in graph.outputs):  # a model: its initializers
+        return [p.value for p in graph.params.values() if p.trainable and not p.const], \
+            frozen, []
+    stepped = [v for v in graph.inputs if f"{v.name}.next" in outs or f"{v.name}.grad" in outs]
+    names = {v.name for v in stepped}
+    state = [v for v in stepped if v.name == "step"
+             or any(v.name == f"{p}.{s}" for p in names for s in ("velocity", "m", "v"))]
+    trainable = [v for v in stepped if v not in state]
+    frozen += [p.value for p in graph.params.values() if not p.const and p.trainable]
+    return trainable, frozen, state
+
+
+# ------------------------------------------------------------------------------- commands
+def _export_args(p):
+    p.add_argument("model", help="the model, an ONNX file (e.g. from torch.onnx.export)")
+    p.add_argument("-o", "--output", required=True, metavar="TRAIN.onnx",
+                   help="where to write the training graph")
+    p.add_argument("--loss", required=True, choices=["cross-entropy", "mse"])
+    p.add_argument("--optimizer", required=True, choices=["sgd", "adam", "adamw", "none"],
+                   help="'none' writes loss and P.grad outputs only")
+    p.add_argument("--lr", type=_positive(float), metavar="F",
+                   help="learning rate recorded in the file (lincompile.lr); default: "
+                        "the optimizer's (sgd 0.01, adam/adamw 0.001)")
+    p.add_argument("--momentum", type=_positive(float, inclusive=True), metavar="F",
+                   help="sgd only, default 0")
+    p.add_argument("--weight-decay", type=_positive(float, inclusive=True), metavar="F",
+                   help="default 0 (adamw: 0.01)")
+    p.add_argument("--betas", type=_betas, metavar="B1,B2", help="adam/adamw, default 0.9,0.999")
+    p.add_argument("--eps", type=_positive(float), metavar="F", help="adam/adamw, default 1e-8")
+    p.add_argument("--freeze", nargs="+", action="extend", default=[], metavar="NAME",
+                   help="parameters to keep fixed (they stay initializers)")
+    p.add_argument("--emit-grads", action="store_true", help="also output every P.grad")
+
+
+def optimizer_from(a: argparse.Namespace):
+    """The optimizer the flags ask for (None for 'none'); flags that do not apply to it
+    are usage errors rather than silently ignored."""
+    from .training import SGD, Adam, AdamW
+
+    allowed = {"sgd": {"lr", "momentum", "weight_decay"}, "none": set(),
+               "adam": {"lr", "weight_decay", "betas", "eps"}}
+    allowed["adamw"] = allowed["adam"]
+    given = {k for k in ("lr", "momentum", "weight_decay", "betas", "eps")
+             if getattr(a, k) is not None}
+    bad = sorted(given - allowed[a.optimizer])
+    if bad:
+        flags = ", ".join("--" + b.replace("_", "-") for b in bad)
+        raise UsageError(f"{flags} does not apply to --optimizer {a.optimizer}")
+    kwargs = {k: getattr(a, k) for k in given}
+    cls = {"sgd": SGD, "adam": Adam, "adamw": AdamW}.get(a.optimizer)
+    return cls(**kwargs) if cls else None
+
+
+@command("export-training", _export_args,
+         "write the training step of a model as a standard ONNX file",
+         "lincompile export-training mlp.onnx -o mlp_train.onnx --loss cross-entropy "
+         "--optimizer sgd --lr 0.1 --momentum 0.9")
+def export_training(a) -> int:
+    from . import save_onnx, training_graph
+
+    opt = optimizer_from(a)
+    model = load(a.model)
+    train = training_graph(model, loss=a.loss, optimizer=opt, frozen=a.freeze,
+                           emit_grads=a.emit_grads)
+    path = save_onnx(train, a.output)
+    _, frozen, state = roles(train)
+    print(f"wrote {path}: training step of '{model.name}' ({a.loss}, "
+          f"{'no optimizer' if opt is None else opt})")
+    print("  inputs:  " + ", ".join(f"{v.name} {_dims(v.shape)}" for v in train.inputs))
+    print("  outputs: " + ", ".join(v.name for v in train.outputs))
+    if frozen:
+        print("  frozen:  " + ", ".join(v.name for v in frozen))
+    print(f"start from the parameter values in {a.model} (same names)"
+          + (", optimizer state at zero" if state else "")
+          + (", step 0" if any(v.name == "step" for v in state) else "")
+          + "; feed each X.next back as X (docs/training-graphs.md)")
+    return OK
+
+
+def _validate_args(p):
+    p.add_argument("file", help="an ONNX model or training graph")
+    p.add_argument("--targets", default="reference,onnx", metavar="T,...",
+                   help="comma-separated backends to check (default: reference,onnx; "
+                        f"available: {','.join(TARGETS)})")
+    p.add_argument("--batch", type=_positive(int), default=4, metavar="N",
+                   help="batch size N (default 4)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the random feeds (default 0)")
+
+
+@command("validate", _validate_args,
+         "run random feeds through each backend and compare with the float64 reference",
+         "lincompile validate mlp_train.onnx --targets reference,onnx --batch 8")
+def validate(a) -> int:
+    from . import validate
+    from .validate import REL_BOUND
+
+    targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise UsageError(f"unknown target(s) {unknown or a.targets!r}; choose from "
+                         f"{', '.join(TARGETS)}")
+    graph = load(a.file)
+    report = validate(graph, targets, batch=a.batch, seed=a.seed)
+    print(f"validate {a.file}: graph '{graph.name}', batch {a.batch}, seed {a.seed}; "
+          f"bound ‖out − ref‖/‖ref‖ ≤ {REL_BOUND:g} against the float64 reference")
+    print(report)
+    bad = report.failures()
+    if bad:
+        print(f"FAILED: {len(bad)} of {len(report.rows)} outputs exceed the bound")
+        return FAILED
+    print(f"ok: {len(report.rows)} outputs within the bound on {', '.join(targets)}")
+    return OK
+
+
+def _explain_args(p):
+    p.add_argument("file", help="an ONNX model or training graph")
+    p.add_argument("--format", choices=["text", "markdown", "latex"], default="text")
+
+
+@command("explain", _explain_args,
+         "print each Linear's forward and chain-rule gradients with real names and shapes",
+         "lincompile explain mlp.onnx --format markdown > derivation.md")
+def explain(a) -> int:
+    from .explain import explain
+
+    print(explain(load(a.file), a.format), end="")
+    return OK
+
+
+def _info_args(p):
+    p.add_argument("file", help="an ONNX model or training graph")
+
+
+@command("info", _info_args,
+         "list inputs, outputs, parameters, op counts and metadata of a model file",
+         "lincompile info mlp_train.onnx")
+def info(a) -> int:
+    import onnx
+
+    graph = load(a.file)
+    proto = onnx.load(a.file, load_external_data=False)
+    trainable, frozen, state = roles(graph)
+    role = "training graph" if any(v.name == "loss" for v in graph.outputs) else "model"
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                default="?")
+    print(f"{a.file}: graph '{graph.name}', {role}, opset {opset}, producer "
+          f"{proto.producer_name or '?'} {proto.producer_version}".rstrip())
+    w = max(len(v.name) for v in [*graph.inputs, *graph.outputs, *trainable, *frozen])
+    sw = max(len(_dims(v.shape)) for v in [*trainable, *frozen, graph.inputs[0]])
+    row = lambda v, extra="": f"  {v.name:<{w}}  {v.dtype:<7} {_dims(v.shape):<{sw}}{extra}"
+    print(f"inputs ({len(graph.inputs)}):")
+    print("\n".join(row(v).rstrip() for v in graph.inputs))
+    print(f"outputs ({len(graph.outputs)}):")
+    print("\n".join(row(v).rstrip() for v in graph.outputs))
+    size = lambda v: math.prod(v.shape)
+    n_train, n_frozen = sum(map(size, trainable)), sum(map(size, frozen))
+    print(f"parameters: {len(trainable)} trainable ({n_train:,} values), {len(frozen)} frozen "
+          f"({n_frozen:,} values)")
+    for v in trainable:
+        print(row(v, f" {size(v):>9,}  trainable"))
+    for v in frozen:
+        print(row(v, f" {size(v):>9,}  frozen"))
+    if state:
+        print(f"optimizer state ({len(state)}): " + ", ".join(v.name for v in state))
+    ops = Counter(n.op for n in graph.nodes)
+    onnx_ops = Counter(n.op_type for n in proto.graph.node)
+    print("ops: " + ", ".join(f"{k} ×{c}" for k, c in sorted(ops.items())))
+    print("onnx nodes: " + ", ".join(f"{k} ×{c}" for k, c in sorted(onnx_ops.items())))
+    meta = {**{p.key: p.value for p in proto.metadata_props}, **graph.meta}
+    if meta:
+        print("metadata:")
+        for k, v in sorted(meta.items()):
+            print(f"  {k} = {v}")
+    return OK
+
+
+def _demo_args(p):
+    p.add_argument("--epochs", type=_positive(int), default=10, metavar="E", help="default 10")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adam",
+                   help="default adam (lr 0.01); sgd uses lr 0.1, momentum 0.9")
+    p.add_argument("--lr", type=_positive(float), metavar="F", help="override the learning rate")
+    p.add_argument("--batch-size", type=_positive(int), default=32, metavar="B", help="default 32")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the split, init and shuffles")
+    p.add_argument("--out", default="lincompile-demo", metavar="DIR",
+                   help="where to write the training graph and the trained model "
+                        "(default ./lincompile-demo)")
+
+
+@command("demo", _demo_args,
+         "train a 64-32-10 MLP on the bundled handwritten digits in onnxruntime",
+         "lincompile demo --epochs 5 --optimizer sgd --out /tmp/digits")
+def demo(a) -> int:
+    from .demo import run
+
+    run(epochs=a.epochs, optimizer=a.optimizer, out=a.out, lr=a.lr, batch_size=a.batch_size,
+        seed=a.seed)
+    return OK
+
+
+# ------------------------------------------------------------------------------- main
+def parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="lincompile", formatter_class=fmt,
+                description="Compile Linear-layer networks into chain-rule training graphs.",
+                epilog="example:\n  lincompile demo\n  lincompile info model.onnx\n\n"
+                       "'lincompile COMMAND -h' shows each command's options and an example.")
+    p.add_argument("--version", action="version", version=f"lincompile {__version__}")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for c in COMMANDS.values():
+        s = sub.add_parser(c.name, help=c.help, description=c.help[0].upper() + c.help[1:] + ".",
+                           epilog=f"example:\n  {c.example}", formatter_class=fmt,
+                           parents=[common])
+        c.add_args(s)
+        s.set_defaults(run=c.run)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lincompile", description=__doc__)
-    p.add_argument("--version", action="version", version=f"lincompile {__version__}")
-    p.parse_args(argv)
-    p.print_help()
-    return 0
+    try:  # never die on printing Σ or ∂ to a non-UTF-8 terminal
+        sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, ValueError):
+        pass
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    try:
+        a = parser().parse_args(argv)
+        verbose = a.verbose
+        if a.command is None:
+            parser().print_help(sys.stderr)
+            return USAGE
+        return a.run(a)
+    except KeyboardInterrupt:
+        print("lincompile: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line unless --verbose
+        if verbose:
+            traceback.print_exc()
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, OSError) and e.filename:
+            msg = f"{e.strerror or e}: '{e.filename}'"
+        elif not isinstance(e, LincompileError):
+            msg = f"{type(e).__name__}: {msg} (a bug? rerun with --verbose and report it)"
+        print(f"lincompile: error: {msg}", file=sys.stderr)
+        return USAGE
 
 
 if __name__ == "__main__":

@@ -1,0 +1,283 @@
+"""ONNX → lincompile IR: ``load_onnx(path | bytes | ModelProto) -> Graph``.
+
+Reads models from ``torch.onnx.export`` (TorchScript and dynamo exporters) and every file
+lincompile itself writes (model and training graphs, with their ``lincompile.*`` local
+functions and metadata). The per-op import table is in :mod:`.onnx_ops`.
+
+>>> import lincompile as lc, onnx
+>>> from onnx import helper, numpy_helper, TensorProto
+>>> import numpy as np
+>>> w = numpy_helper.from_array(np.ones((3, 4), np.float32), "fc.weight")
+>>> node = helper.make_node("Gemm", ["x", "fc.weight"], ["y"], name="/fc/Gemm", transB=1)
+>>> x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+>>> y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+>>> g = lc.load_onnx(helper.make_model(helper.make_graph([node], "m", [x], [y], [w])))
+>>> print(g)
+graph m(x: float32[N, 4]) -> (y: float32[N, 3])
+  param fc.weight: float32[3, 4]  (trainable)
+  y: float32[N, 3] = linear(x, fc.weight)
+
+**Initializers** (and ``Constant`` node outputs) become:
+
+- *attributes* where an op takes them as such (Reshape's shape, ReduceSum's axes);
+- *parameters* where they are consumed as a ``linear`` weight or bias: trainable in a
+  model graph, frozen in a training graph (``lincompile.role == "training"``, whose
+  trainable parameters are graph inputs already). A weight stored as ``[C_in, C_out]``
+  (``MatMul``, ``Gemm`` without ``transB``) is transposed back to ``[C_out, C_in]``; torch's
+  pre-transposed ``onnx::MatMul_8`` gets the name of its module scope (``/fc1/MatMul`` →
+  ``fc1.weight``), and ``Transpose`` + ``MatMul`` of a named weight keeps that weight;
+- *constants* (``Param.const``: never trained) everywhere else (scalars, ``Gemm``'s C when it
+  is not a bias, the operands of Add/Mul/Sub/MatMul).
+
+A weight is only transposed, reshaped or renamed when this node is its only user, and never
+in lincompile's own files (there a Gemm without transB is a ``matmul``). Two things a saved
+lincompile graph does not say come back as the same computation in another form: a
+``matmul(a, W, trans_b=True)`` of a weight reads back as ``linear(a, W)``, and a trainable
+parameter used by anything but ``linear`` reads back as a constant.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import LincompileError, ModelLoadError, ShapeError, UnsupportedOpError
+from ..ir import Graph, Value
+
+DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64",
+          onnx.TensorProto.INT64: "int64"}
+
+
+def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
+    """Import an ONNX model as a verified :class:`Graph` (see the module docstring)."""
+    from .onnx_ops import import_node
+
+    proto = read_model(model)
+    imp = Importer(proto)
+    for node in imp.nodes:
+        if id(node) not in imp.done:
+            imp.node = node
+            imp.bind(node, import_node(imp, node))
+    imp.finish()
+    return imp.g.verify()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def read_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """The model, with external data loaded, after ``onnx.checker`` accepts it."""
+    what = "the model"
+    try:
+        if isinstance(model, onnx.ModelProto):
+            proto = model
+        elif isinstance(model, (bytes, bytearray)):
+            proto = onnx.load_from_string(bytes(model))
+        else:
+            what = f"'{os.fspath(model)}'"
+            proto = onnx.load(os.fspath(model))  # external data: relative to the file's dir
+    except Exception as e:  # DecodeError, OSError, ...: one line, no protobuf traceback
+        raise ModelLoadError(f"cannot read {what} as an ONNX model: {_one_line(e)}") from None
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelLoadError(f"initializer '{t.name}' keeps its data in an external file; "
+                                 "pass the model's path to load_onnx so it can be found")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise ModelLoadError(f"{what} fails onnx.checker: {_one_line(e)}") from None
+    return proto
+
+
+@dataclass
+class Const:
+    """A tensor known at import time; ``origin`` is the constant a Transpose was taken of."""
+
+    name: str
+    data: np.ndarray
+    origin: str | None = None
+
+
+class Importer:
+    """The state of one import: the IR graph being built and the ONNX constants."""
+
+    def __init__(self, proto: onnx.ModelProto):
+        self.proto = proto
+        gp = proto.graph
+        #: The nodes, held once: ``done`` keeps ids, and protobuf makes new wrappers per access.
+        self.nodes = list(gp.node)
+        self.g = Graph(gp.name or "model")
+        self.g.meta = {p.key: p.value for p in proto.metadata_props}
+        self.training = self.g.meta.get("lincompile.role") == "training"
+        #: lincompile's own file: its Gemm without transB is a ``matmul``, never a weight
+        self.native = proto.producer_name == "lincompile"
+        self.opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+        self.functions = {(f.domain, f.name) for f in proto.functions}
+        self.node: onnx.NodeProto | None = None
+        self.done: set[int] = set()
+        self.uses = Counter(i for n in self.nodes for i in n.input if i)
+        self.uses.update(o.name for o in gp.output)
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.produced = {o for n in self.nodes for o in n.output}
+        self.reserved = self.produced | {v.name for v in gp.input} | {
+            t.name for t in gp.initializer}
+        self.node_names: set[str] = set()
+        self.consts = {t.name: Const(t.name, numpy_helper.to_array(t)) for t in gp.initializer}
+        for n in self.nodes:  # Constant nodes have no inputs: take them all up front
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+                self.consts[n.output[0]] = Const(n.output[0], _constant_value(n))
+                self.done.add(id(n))
+        for vi in gp.input:
+            if vi.name not in self.consts:  # old files list initializers as inputs too
+                self.g.input(vi.name, *_input_type(vi))
+
+    # ------------------------------------------------------------------ names
+    def tmp(self, base: str) -> str:
+        """A fresh tensor name that no ONNX tensor of the model uses."""
+        name, i = base, 1
+        while name in self.g.values or name in self.reserved:
+            name, i = f"{base}_{i}", i + 1
+        return name
+
+    def node_name(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.node_names:
+            name, i = f"{base}_{i}", i + 1
+        self.node_names.add(name)
+        return name
+
+    def scope(self) -> str | None:
+        """torch's module scope of the current node: ``/fc1/MatMul`` → ``fc1``."""
+        parts = (self.node.name or "").split("/")
+        return parts[-2] if len(parts) >= 3 and parts[-2] else None
+
+    # ------------------------------------------------------------------ values
+    def const(self, name: str) -> Const | None:
+        return self.consts.get(name)
+
+    def value(self, name: str) -> Value:
+        """The IR value of ONNX tensor ``name``; a constant becomes a const parameter."""
+        if name in self.g.values:
+            return self.g.values[name]
+        if name in self.consts:
+            return self.param(name, self.consts[name].data, const=True)
+        raise ModelLoadError(f"tensor '{name}' is used before it is defined")
+
+    def param(self, name: str, data: np.ndarray, const: bool = False) -> Value:
+        if str(data.dtype) not in DTYPES.values():
+            raise ShapeError(f"constant '{name}' has dtype {data.dtype}; lincompile computes "
+                             "in float32 or float64 (int64 for labels, shapes and steps)")
+        v = self.g.param(name, np.asarray(data, order="C"), trainable=not (const or self.training))
+        self.g.params[name].const = const
+        return v
+
+    def linear_param(self, name: str, data: np.ndarray | None = None) -> Value:
+        """A linear weight or bias: a parameter (not a constant) if known at import time."""
+        p = self.g.params.get(name)
+        if p is not None:  # first met as a constant: it is a weight after all
+            p.const, p.trainable = False, not self.training
+        if name in self.g.values:
+            return self.g.values[name]
+        return self.param(name, self.consts[name].data if data is None else data)
+
+    def scalar(self, x: float, like: Value, what: str) -> Value:
+        return self.param(self.tmp(f"{self.node.name or self.node.op_type}.{what}"),
+                          np.array(x, like.dtype), const=True)
+
+    def is_input(self, name: str) -> bool:
+        """Produced by no node: a graph input or a constant (weight-like)."""
+        return name not in self.produced or name in self.consts
+
+    def fresh_use(self, name: str) -> bool:
+        """``name`` is a constant used by this node only and not yet an IR value."""
+        return name in self.consts and name not in self.g.values and self.uses[name] == 1
+
+    # ------------------------------------------------------------------ nodes
+    def emit(self, op: str, inputs: list[Value], n_out: int = 1,
+             **attrs) -> Value | tuple[Value, ...]:
+        """An IR node for the current ONNX node, with fresh output names (``bind`` renames)."""
+        base = self.node.name or self.node.op_type
+        outs = [self.tmp(f"{base}.{op}" if n_out == 1 else f"{base}.{op}.{i}")
+                for i in range(n_out)]
+        try:
+            return self.g.apply(op, inputs, name=self.node_name(base), outputs=outs, **attrs)
+        except ShapeError as e:
+            raise ShapeError(f"ONNX node '{base}' ({self.node.op_type}): {e}") from None
+
+    def bind(self, node: onnx.NodeProto, result) -> None:
+        """Give the IR values of ``node`` its ONNX output names (None: nothing to bind)."""
+        if result is None:
+            return
+        results = result if isinstance(result, tuple) else (result,)
+        for name, v in zip(node.output, results):
+            if v.name != name:
+                if v.name in self.reserved:  # an existing tensor: name it again by a copy
+                    v = self.emit("identity", [v])
+                self.g.rename(v, name)
+
+    def unsupported(self, why: str = "") -> UnsupportedOpError:
+        from .onnx_ops import SUPPORTED
+
+        n = self.node
+        domain = n.domain or "ai.onnx"
+        op = n.op_type if domain == "ai.onnx" else f"{n.domain}.{n.op_type}"
+        return UnsupportedOpError(
+            f"ONNX op '{op}' (node '{n.name or '<unnamed>'}', opset "
+            f"{self.opsets.get(domain, '?')}) is not supported{': ' + why if why else ''}; "
+            f"lincompile imports: {', '.join(SUPPORTED)}")
+
+    def finish(self) -> None:
+        for vi in self.proto.graph.output:
+            v = self.value(vi.name)
+            _check_output(vi, v)
+            self.g.output(v)
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    a = node.attribute[0]
+    val = helper.get_attribute_value(a)
+    if a.name == "value":
+        return numpy_helper.to_array(val)
+    if a.name in ("value_float", "value_floats"):
+        return np.array(val, np.float32)
+    if a.name in ("value_int", "value_ints"):
+        return np.array(val, np.int64)
+    raise LincompileError(f"Constant node '{node.name}': attribute '{a.name}' is not supported")
+
+
+def _input_type(vi: onnx.ValueInfoProto) -> tuple[list, str]:
+    """(shape, dtype) of a graph input; an unnamed unknown dim gets a name of its own."""
+    if not vi.type.HasField("tensor_type"):
+        raise ShapeError(f"input '{vi.name}' is a {vi.type.WhichOneof('value')}; lincompile "
+                         "takes tensors only")
+    tt = vi.type.tensor_type
+    if tt.elem_type not in DTYPES:
+        name = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        raise ShapeError(f"input '{vi.name}' has dtype {name}; lincompile takes float32 "
+                         "(float64 too) and int64 class labels or step counts")
+    if not tt.HasField("shape"):
+        raise ShapeError(f"input '{vi.name}' has no shape; lincompile needs at least its rank")
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{vi.name}_d{i}")
+             for i, d in enumerate(tt.shape.dim)]
+    return shape, DTYPES[tt.elem_type]
+
+
+def _check_output(vi: onnx.ValueInfoProto, v: Value) -> None:
+    """The declared type of a graph output, where given, must be what lincompile computes."""
+    tt = vi.type.tensor_type
+    if tt.elem_type and DTYPES.get(tt.elem_type) != v.dtype:
+        raise ShapeError(f"output '{vi.name}' is declared with ONNX dtype {tt.elem_type} but "
+                         f"computes {v.dtype}")
+    if tt.HasField("shape") and len(tt.shape.dim) != len(v.shape):
+        raise ShapeError(f"output '{vi.name}' is declared with rank {len(tt.shape.dim)} but "
+                         f"computes {v!r}")
