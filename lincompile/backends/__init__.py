@@ -13,6 +13,7 @@ from .base import Executable
 BACKENDS = {
     "reference": "lincompile.backends.reference",
     "onnx": "lincompile.backends.onnx",
+    "c": "lincompile.backends.c",
 }
 TARGETS = tuple(BACKENDS)
 

@@ -1,0 +1,340 @@
+"""IR nodes → kernel calls: the decisions (which kernel, what is fused, loop nests) and the
+flat dict of finished C text that each ``templates/c/<kernel>.c.j2`` is rendered with.
+
+Decisions made here:
+
+- dead nodes (nothing an output needs) are dropped;
+- a ``linear`` whose only reader is a relu/sigmoid/tanh, and whose output is not a graph
+  output, runs the activation in the GEMM epilogue and never stores the pre-activation
+  (activation gradients read the activation's *output*, so training graphs fuse too);
+- ``flatten``/``reshape``/``identity`` are views (no code) unless they make a graph output;
+- a weight gradient ``dW = dYᵀ·X`` read only by a plain SGD update (no momentum, no decay)
+  is accumulated straight into ``P.next`` by the GEMM (``beta = 1, alpha = −lr``), at the
+  update's place in the schedule, so ``dW`` never goes to memory;
+- outputs at most 16 columns wide (classifier heads) use a dot-product kernel instead of
+  the 64-wide register tile;
+- broadcasting loops are merged to the fewest dims with unit or zero strides, so the inner
+  loop vectorizes; reductions accumulate in double in a scratch buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import CompileError
+from ..ir import Graph, Node, Value
+from ..ops import get_op
+from .plan import Size
+from .render import CTYPES, Lang, c_comment, c_literal, render
+
+ACTS = {"relu": 1, "sigmoid": 2, "tanh": 3}
+VIEWS = ("flatten", "reshape", "identity")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: GEMM routine per (trans_a, trans_b): nt is X·Wᵀ, nn is dY·W, tn is dYᵀ·X.
+GEMMS = {(False, True): "nt", (False, False): "nn", (True, False): "tn", (True, True): "tt"}
+SMALL_N = 16   # at most this many output columns: lc_small_nt rather than the tiled GEMM
+
+
+@dataclass(eq=False)
+class CStep:
+    """One kernel call: an IR node, maybe with a fused activation."""
+
+    node: Node
+    inputs: list[Value]
+    outputs: list[Value]
+    act: Node | None = None
+    grad: Node | None = None   # a matmul fused into this (sgd) step
+    view: bool = False
+    elementwise: bool = False
+    scratch: list[Size] = field(default_factory=list)
+
+    @property
+    def kernel(self) -> str:
+        if self.grad is not None:
+            return "sgd_gemm"
+        kernel = get_op(self.node.op).kernel
+        if kernel is None:
+            raise CompileError(f"node '{self.node.name}': op '{self.node.op}' has no kernel")
+        return kernel
+
+    def comment(self) -> str:
+        n = self.node
+        outs = ", ".join(f"'{c_comment(v.name)}'" for v in self.outputs)
+        text = f"node '{c_comment(n.name)}' ({n.op}) -> {outs}"
+        if self.act is not None:
+            text += f"; {self.act.op} '{c_comment(self.act.name)}' fused into the epilogue"
+        if self.grad is not None:
+            text += f"; gradient '{c_comment(self.grad.name)}' (matmul) fused in"
+        return text
+
+
+def lower(graph: Graph) -> list[CStep]:
+    """The graph's nodes as kernel calls, in order (dead code dropped, fusions made)."""
+    needed = {v.name for v in graph.outputs}
+    for n in reversed(graph.nodes):
+        if any(v.name in needed for v in n.outputs):
+            needed.update(v.name for v in n.inputs)
+    readers = graph.consumers()
+    outputs = {v.name for v in graph.outputs}
+    fused: set[int] = set()
+    steps = []
+    for n in graph.nodes:
+        if id(n) in fused or not any(v.name in needed for v in n.outputs):
+            continue
+        get_op(n.op)  # unknown ops fail here, by name
+        step = CStep(n, list(n.inputs), list(n.outputs))
+        y = n.outputs[0]
+        users = readers.get(y.name, [])
+        if (n.op == "linear" and y.name not in outputs and len(users) == 1
+                and users[0].op in ACTS and users[0].inputs[0] is y):
+            step.act, step.outputs = users[0], list(users[0].outputs)
+            fused.add(id(users[0]))
+        step.view = n.op in VIEWS
+        step.elementwise = n.op in OPTIMIZERS or (
+            get_op(n.op).kernel in ("binary", "activation", "activation_grad")
+            and all(v.shape == y.shape for v in n.inputs))
+        if n.op == "reduce_sum":
+            step.scratch = [Size.of_shape(y.shape) * Size(8)]
+        steps.append(step)
+    return _fuse_sgd(steps, readers, outputs)
+
+
+def _fuse_sgd(steps: list[CStep], readers: dict, outputs: set[str]) -> list[CStep]:
+    """Fold ``dW = matmul(...)`` into the plain SGD update that is its only reader."""
+    made = {v.name: s for s in steps for v in s.outputs}
+    drop: set[int] = set()
+    for s in steps:
+        n = s.node
+        if n.op != "sgd" or n.attrs["momentum"] or n.attrs["weight_decay"]:
+            continue
+        g = n.inputs[1]
+        m = made.get(g.name)
+        if (m is not None and m.node.op == "matmul" and m.act is None
+                and g.name not in outputs and len(readers.get(g.name, [])) == 1):
+            s.grad, s.inputs = m.node, [*m.node.inputs, n.inputs[0], n.inputs[-1]]
+            drop.add(id(m))
+    return [s for s in steps if id(s) not in drop]
+
+
+# ------------------------------------------------------------------------ loop nests
+def _eq(a: Size, b: Size) -> bool:
+    return a == b or (a.coef == 0 and b.coef == 0)
+
+
+def broadcast_strides(shape: Sequence, space: Sequence) -> list[Size]:
+    """Element strides of a row-major ``shape`` read over the index ``space`` with numpy
+    broadcasting (stride 0 along a dim where ``shape`` has 1 and ``space`` does not)."""
+    shape = [1] * (len(space) - len(shape)) + list(shape)
+    out, acc = [], Size(1)
+    for d, s in reversed(list(zip(shape, space))):
+        out.append(Size(0) if d == 1 and s != 1 else acc)
+        acc = acc * Size.of_shape([d])
+    return out[::-1]
+
+
+def loop_nest(lang: Lang, space: Sequence, strides: Sequence[list[Size]]
+              ) -> tuple[str, list[str]]:
+    """Loops over ``space`` (row-major) and the index of each operand (given by its
+    strides). Unit dims go; adjacent dims that every operand walks contiguously merge."""
+    dims: list[tuple[Size, list[Size]]] = []
+    for i, d in enumerate(space):
+        ext = Size.of_shape([d])
+        st = [s[i] for s in strides]
+        if ext == Size(1):
+            continue
+        if dims and all(_eq(p, c * ext) for p, c in zip(dims[-1][1], st)):
+            dims[-1] = (dims[-1][0] * ext, st)
+        else:
+            dims.append((ext, st))
+    loops, idx = "", [[] for _ in strides]
+    for k, (ext, st) in enumerate(dims):
+        var = f"i{k}"
+        loops += lang.loop(var, ext.c()) + "\n" + "    " * (k + 1)
+        for j, s in enumerate(st):
+            if s.coef:
+                idx[j].append(var if s == Size(1) else f"{var} * {s.c()}")
+    return loops, [" + ".join(i) or "0" for i in idx]
+
+
+# ------------------------------------------------------------------------ emission
+class Context:
+    """What emission needs from the entry being generated."""
+
+    def __init__(self, lang: Lang, ptr: Callable[[Value], str],
+                 scratch: Callable[[CStep, int], str], bytecode_dir: str | None):
+        self.lang, self.ptr, self.scratch, self.bytecode_dir = lang, ptr, scratch, bytecode_dir
+
+
+def _n(v: Value) -> str:
+    return Size.of_shape(v.shape).c()
+
+
+def _int(d) -> str:
+    return str(d) if isinstance(d, int) else "(int)bn"
+
+
+def _common(v: Value, ctx: Context) -> dict[str, str]:
+    ct = CTYPES[v.dtype]
+    return {"T": ct.c, "sfx": ct.sfx, "index": ctx.lang.index.format(n=_n(v))}
+
+
+def gemm_routine(step: CStep) -> str | None:
+    """The matrix-product routine a step calls (None if it calls none)."""
+    if step.kernel not in ("linear", "matmul", "sgd_gemm"):
+        return None
+    n = step.grad or step.node
+    ta, tb = (False, True) if n.op == "linear" else (n.attrs["trans_a"], n.attrs["trans_b"])
+    cols = n.inputs[1].shape[0] if tb else n.inputs[1].shape[1]
+    if n.outputs[0].dtype == "float64":
+        return "lc_dgemm_" + GEMMS[ta, tb]
+    if (ta, tb) == (False, True) and isinstance(cols, int) and cols <= SMALL_N:
+        return "lc_small_nt"
+    return "lc_gemm_" + GEMMS[ta, tb]
+
+
+def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
+    n, p = step.grad or step.node, ctx.ptr
+    a, b = n.inputs[0], n.inputs[1]
+    y = n.outputs[0] if step.grad else step.outputs[0]
+    if n.op == "linear":
+        ta, tb, bias = False, True, (p(n.inputs[2]) if len(n.inputs) > 2 else "NULL")
+    else:
+        ta, tb, bias = n.attrs["trans_a"], n.attrs["trans_b"], "NULL"
+    m, k = (a.shape[1], a.shape[0]) if ta else a.shape
+    cols = b.shape[0] if tb else b.shape[1]
+    ct = CTYPES[y.dtype]
+    gemm = gemm_routine(step)
+    d = {"gemm": gemm, "m": _int(m), "n": _int(cols), "k": _int(k),
+         "alpha": c_literal(1, ct), "beta": c_literal(0, ct),
+         "a": p(a), "lda": _int(a.shape[1]), "b": p(b), "ldb": _int(b.shape[1]),
+         "c": p(y) if not step.grad else "", "ldc": _int(cols), "bias": bias,
+         "act": str(ACTS[step.act.op]) if step.act else "0",
+         "pack": "pack" if gemm.startswith("lc_gemm") else "NULL",
+         "pad": " " * (len(gemm) + 1)}
+    if step.grad:   # P.next = 1 · P.next − lr · dW, with P.next first holding P
+        pn, param, lr = step.outputs[0], step.node.inputs[0], step.node.inputs[-1]
+        size = Size.of_shape(pn.shape) * Size(ct.itemsize)
+        d.update(alpha=f"-{p(lr)}[0]", beta=c_literal(1, ct), c=p(pn), p=p(param),
+                 bytes=size.c())
+    return d
+
+
+def _binary(step: CStep, ctx: Context) -> dict[str, str]:
+    a, b = step.inputs
+    y = step.outputs[0]
+    loops, (yi, ai, bi) = loop_nest(ctx.lang, y.shape, [
+        broadcast_strides(y.shape, y.shape), broadcast_strides(a.shape, y.shape),
+        broadcast_strides(b.shape, y.shape)])
+    return {"op": step.node.op, "loops": loops, "y": ctx.ptr(y), "yi": yi, "a": ctx.ptr(a),
+            "ai": ai, "b": ctx.ptr(b), "bi": bi}
+
+
+def _broadcast_to(step: CStep, ctx: Context) -> dict[str, str]:
+    x, y = step.inputs[0], step.outputs[0]
+    loops, (yi, xi) = loop_nest(ctx.lang, y.shape, [
+        broadcast_strides(y.shape, y.shape), broadcast_strides(x.shape, y.shape)])
+    return {"loops": loops, "y": ctx.ptr(y), "yi": yi, "x": ctx.ptr(x), "xi": xi}
+
+
+def _reduce_sum(step: CStep, ctx: Context) -> dict[str, str]:
+    x, y = step.inputs[0], step.outputs[0]
+    r = len(x.shape)
+    axes = range(r) if step.node.attrs["axes"] is None else [
+        a % r for a in step.node.attrs["axes"]]
+    acc_strides, s = [], Size(1)
+    for i in reversed(range(r)):
+        acc_strides.append(Size(0) if i in axes else s)
+        s = s if i in axes else s * Size.of_shape([x.shape[i]])
+    loops, (ai, xi) = loop_nest(ctx.lang, x.shape, [
+        acc_strides[::-1], broadcast_strides(x.shape, x.shape)])
+    return {"loops": loops, "acc": ctx.scratch(step, 0), "acci": ai, "x": ctx.ptr(x),
+            "xi": xi, "y": ctx.ptr(y), "n_out": _n(y), "T": CTYPES[y.dtype].c}
+
+
+def _activation(step: CStep, ctx: Context) -> dict[str, str]:
+    x, y = step.inputs[0], step.outputs[0]
+    return {**_common(y, ctx), "op": step.node.op, "x": ctx.ptr(x), "y": ctx.ptr(y)}
+
+
+def _activation_grad(step: CStep, ctx: Context) -> dict[str, str]:
+    dy, y = step.inputs
+    dx = step.outputs[0]
+    return {**_common(dx, ctx), "op": step.node.op, "dy": ctx.ptr(dy), "y": ctx.ptr(y),
+            "dx": ctx.ptr(dx)}
+
+
+def _copy(step: CStep, ctx: Context) -> dict[str, str]:
+    x, y = step.inputs[0], step.outputs[0]
+    size = Size.of_shape(x.shape) * Size(CTYPES[x.dtype].itemsize)
+    return {"x": ctx.ptr(x), "y": ctx.ptr(y), "bytes": size.c()}
+
+
+def _mse(step: CStep, ctx: Context) -> dict[str, str]:
+    p, t = step.inputs
+    return {**_common(p, ctx), "p": ctx.ptr(p), "t": ctx.ptr(t), "n": _n(p),
+            "y": ctx.ptr(step.outputs[0])}
+
+
+def _mse_grad(step: CStep, ctx: Context) -> dict[str, str]:
+    dl, p, t = step.inputs
+    return {**_common(p, ctx), "dl": ctx.ptr(dl), "p": ctx.ptr(p), "t": ctx.ptr(t),
+            "n": _n(p), "dx": ctx.ptr(step.outputs[0])}
+
+
+def _sce(step: CStep, ctx: Context) -> dict[str, str]:
+    *head, z, labels = step.inputs
+    d = {**_common(z, ctx), "z": ctx.ptr(z), "labels": ctx.ptr(labels),
+         "rows": Size.of_shape(z.shape[:1]).c(), "cols": Size.of_shape(z.shape[1:]).c()}
+    if head:   # the gradient: dloss, logits, labels -> dlogits
+        d.update(dl=ctx.ptr(head[0]), dz=ctx.ptr(step.outputs[0]))
+    else:
+        d.update(y=ctx.ptr(step.outputs[0]))
+    return d
+
+
+def _sgd(step: CStep, ctx: Context) -> dict[str, str]:
+    a = step.node.attrs
+    p, g, *v, lr = step.inputs
+    ct = CTYPES[p.dtype]
+    d = {**_common(p, ctx), "p": ctx.ptr(p), "g": ctx.ptr(g), "lr": ctx.ptr(lr),
+         "p_next": ctx.ptr(step.outputs[0]),
+         "wd": c_literal(a["weight_decay"], ct) if a["weight_decay"] else "",
+         "momentum": c_literal(a["momentum"], ct) if a["momentum"] else ""}
+    if a["momentum"]:
+        d.update(v=ctx.ptr(v[0]), v_next=ctx.ptr(step.outputs[1]))
+    return d
+
+
+def _adam(step: CStep, ctx: Context) -> dict[str, str]:
+    a = step.node.attrs
+    p, g, m, v, stepv, lr = step.inputs
+    ct, dbl = CTYPES[p.dtype], CTYPES["float64"]
+    pn, mn, vn = (ctx.ptr(o) for o in step.outputs)
+    return {**_common(p, ctx), "p": ctx.ptr(p), "g": ctx.ptr(g), "m": ctx.ptr(m),
+            "v": ctx.ptr(v), "step": ctx.ptr(stepv), "lr": ctx.ptr(lr), "p_next": pn,
+            "m_next": mn, "v_next": vn, "decoupled": step.node.op == "adamw",
+            "beta1": c_literal(a["beta1"], dbl), "beta2": c_literal(a["beta2"], dbl),
+            "b1": c_literal(a["beta1"], ct), "b2": c_literal(a["beta2"], ct),
+            "one_b1": c_literal(1 - a["beta1"], ct), "one_b2": c_literal(1 - a["beta2"], ct),
+            "eps": c_literal(a["eps"], ct),
+            "wd": c_literal(a["weight_decay"], ct) if a["weight_decay"] else "",
+            "wd_d": c_literal(a["weight_decay"], dbl)}
+
+
+KERNELS: dict[str, Callable[[CStep, Context], dict]] = {
+    "linear": _gemm, "matmul": _gemm, "sgd_gemm": _gemm, "binary": _binary,
+    "broadcast_to": _broadcast_to,
+    "reduce_sum": _reduce_sum, "activation": _activation, "activation_grad": _activation_grad,
+    "copy": _copy, "mse": _mse, "mse_grad": _mse_grad, "softmax_cross_entropy": _sce,
+    "softmax_cross_entropy_grad": _sce, "sgd": _sgd, "adam": _adam,
+}
+
+
+def emit(step: CStep, ctx: Context) -> str:
+    """The C code of one step (its template rendered with the step's flat dict)."""
+    if step.kernel not in KERNELS:
+        raise CompileError(f"node '{step.node.name}': no C kernel for op '{step.node.op}' "
+                           f"(C kernels: {', '.join(sorted(KERNELS))})")
+    return render(f"c/{step.kernel}.c.j2", ctx.bytecode_dir,
+                  **KERNELS[step.kernel](step, ctx)).rstrip("\n")
