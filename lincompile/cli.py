@@ -107,8 +107,12 @@ def _export_args(p):
     p.add_argument("model", help="the model, an ONNX file (e.g. from torch.onnx.export)")
     p.add_argument("-o", "--output", required=True, metavar="TRAIN.onnx",
                    help="where to write the training graph")
-    p.add_argument("--loss", required=True, choices=["cross-entropy", "mse"])
-    p.add_argument("--optimizer", required=True, choices=["sgd", "adam", "adamw", "none"],
+    _training_args(p, required=True)
+
+
+def _training_args(p, required: bool):
+    p.add_argument("--loss", required=required, choices=["cross-entropy", "mse"])
+    p.add_argument("--optimizer", required=required, choices=["sgd", "adam", "adamw", "none"],
                    help="'none' writes loss and P.grad outputs only")
     p.add_argument("--lr", type=_positive(float), metavar="F",
                    help="learning rate recorded in the file (lincompile.lr); default: "
@@ -264,6 +268,47 @@ def info(a) -> int:
         print("metadata:")
         for k, v in sorted(meta.items()):
             print(f"  {k} = {v}")
+    return OK
+
+
+def _compile_args(p):
+    p.add_argument("model", help="an ONNX model or training graph")
+    p.add_argument("--target", default="c", choices=["c"], help="what to generate (default c)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="folder for model.c, model.h and a Makefile")
+    p.add_argument("--prefix", default="model", help="C name prefix of the entry points "
+                   "(<prefix>_forward, <prefix>_train_step); a C identifier")
+    p.add_argument("--threads", type=_positive(int, 1, inclusive=True), default=1, metavar="N",
+                   help="OpenMP threads for the GEMMs (default 1)")
+    p.add_argument("--train", action="store_true",
+                   help="also generate the training step (needs --loss and --optimizer)")
+    _training_args(p, required=False)
+
+
+@command("compile", _compile_args,
+         "generate standalone C for a model's forward pass and, with --train, its training step",
+         "lincompile compile mlp.onnx --target c -o mlp_c --train --loss cross-entropy "
+         "--optimizer sgd --lr 0.1")
+def compile_(a) -> int:
+    from . import training_graph
+    from .backends.c import write_c_sources
+
+    graph = load(a.model)
+    is_training = graph.meta.get("lincompile.role") == "training"
+    if a.train and is_training:
+        raise UsageError(f"{a.model} already is a training graph; drop --train")
+    if a.train and (a.loss is None or a.optimizer is None):
+        raise UsageError("--train needs --loss and --optimizer")
+    if not a.train and (a.loss or a.optimizer or a.freeze or a.emit_grads):
+        raise UsageError("--loss, --optimizer, --freeze and --emit-grads need --train")
+    graphs = {"train_step" if is_training else "forward": graph}
+    if a.train:
+        graphs["train_step"] = training_graph(graph, loss=a.loss, optimizer=optimizer_from(a),
+                                              frozen=a.freeze, emit_grads=a.emit_grads)
+    paths = write_c_sources(graphs, a.output, prefix=a.prefix, threads=a.threads)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    entries = ", ".join(f"{a.prefix}_{e}" for e in graphs)
+    print(f"entry points: {entries} (documented in model.h); build: make -C {a.output}")
     return OK
 
 
