@@ -83,7 +83,18 @@ def product_graphs(n: int, cin: int, cout: int) -> dict[str, tuple[lc.Graph, Cal
             "dW = dYᵀ·X": (dw, lambda f: np.matmul(f["dy"].T, f["x"], out=dw_out))}
 
 
-def bench_products(threads2: bool) -> list[list[str]]:
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int, budget: float = 0.6
+                ) -> dict[str, float]:
+    """Median over ``repeat`` rounds of each function's median time; the rounds alternate
+    the functions, so a burst of load on the machine hits all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            times[k].append(timeit(fn, budget))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def bench_products(threads2: bool, repeat: int = 1) -> list[list[str]]:
     rows = []
     for n, cin, cout in SHAPES:
         flops = 2 * n * cin * cout
@@ -91,21 +102,22 @@ def bench_products(threads2: bool) -> list[list[str]]:
             feeds = lc.random_feeds(g, seed=1)
             c1 = lc.compile(g, "c").bind(feeds)
             sess = ort_session(g)
-            t_c = timeit(c1)
-            t_np = timeit(lambda: np_fn(feeds))
-            t_ort = timeit(lambda: sess.run(None, feeds))
+            fns = {"c": c1, "np": lambda: np_fn(feeds), "ort": lambda: sess.run(None, feeds)}
+            if threads2 and n >= 256:
+                fns["c2"] = lc.compile(g, "c", threads=2).bind(feeds)
+            t = interleaved(fns, repeat)
+            t_c, t_np, t_ort = t["c"], t["np"], t["ort"]
             row = [name, f"{n}×{cin}×{cout}", f"{flops / t_c / 1e9:.1f}",
                    f"{flops / t_np / 1e9:.1f}", f"{flops / t_ort / 1e9:.1f}",
                    f"{t_np / t_c:.2f}", f"{t_ort / t_c:.2f}"]
             if threads2:
-                t_c2 = timeit(lc.compile(g, "c", threads=2).bind(feeds)) if n >= 256 else None
-                row.append(f"{t_c / t_c2:.2f}" if t_c2 else "")
+                row.append(f"{t_c / t['c2']:.2f}" if "c2" in t else "")
             rows.append(row)
             print("  ".join(row), file=sys.stderr, flush=True)
     return rows
 
 
-def bench_train_step(batch: int = 64) -> list[list[str]]:
+def bench_train_step(batch: int = 64, repeat: int = 1) -> list[list[str]]:
     g = lc.Graph("mlp", seed=0)
     x = g.input("x", ["N", 784])
     g.output(g.linear(g.relu(g.linear(x, 128, name="fc1")), 10, name="fc2"))
@@ -116,10 +128,10 @@ def bench_train_step(batch: int = 64) -> list[list[str]]:
              "lr": np.array(0.01, np.float32), **t.initial_state}
     exe = lc.compile(t, "c")
     bound = exe.bind(feeds)
-    res = {"lincompile C (bound: one ctypes call)": timeit(bound, 1.0),
-           "lincompile C (Executable.run)": timeit(lambda: exe.run(feeds), 1.0)}
     sess = ort_session(t)
-    res["onnxruntime (exported training graph)"] = timeit(lambda: sess.run(None, feeds), 1.0)
+    fns = {"lincompile C (bound: one ctypes call)": bound,
+           "lincompile C (Executable.run)": lambda: exe.run(feeds),
+           "onnxruntime (exported training graph)": lambda: sess.run(None, feeds)}
     try:
         import torch
     except ImportError:
@@ -136,7 +148,8 @@ def bench_train_step(batch: int = 64) -> list[list[str]]:
             opt.zero_grad()
             crit(model(tx), ty).backward()
             opt.step()
-        res[f"torch {torch.__version__} eager"] = timeit(step, 1.0)
+        fns[f"torch {torch.__version__} eager"] = step
+    res = interleaved(fns, repeat, 1.0)
     base = res["lincompile C (bound: one ctypes call)"]
     rows = [[k, f"{v * 1e6:.0f}", f"{v / base:.2f}"] for k, v in res.items()]
     for r in rows:
@@ -154,6 +167,9 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--no-threads", action="store_true", help="skip the 2-thread column")
+    p.add_argument("--repeat", type=int, default=1, metavar="R",
+                   help="alternate the implementations over R rounds and report the median "
+                        "(use 3+ on a machine with other load)")
     a = p.parse_args()
     import onnxruntime
 
@@ -163,9 +179,10 @@ def main() -> None:
           f"{onnxruntime.__version__}; single thread unless noted\n")
     head = ["product", "N×C_in×C_out", "C GFLOP/s", "numpy", "onnxruntime", "C / numpy",
             "C / ort"] + ([] if a.no_threads else ["2 threads / 1"])
-    print(table(head, bench_products(not a.no_threads)))
+    print(table(head, bench_products(not a.no_threads, a.repeat)))
     print("\nMLP 784-128-10 training step, batch 64, cross-entropy + SGD:\n")
-    print(table(["implementation", "µs / step", "time vs C"], bench_train_step()))
+    print(table(["implementation", "µs / step", "time vs C"],
+                bench_train_step(repeat=a.repeat)))
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ from ..errors import CompileError
 from ..ir import Graph, Value
 from .base import Executable
 from .build import build, cache_dir, cc_line
-from .c_kernels import Context, CStep, emit, gemm_routine, lower
+from .c_kernels import Context, CStep, emit, gemm_dims, gemm_routine, lower
 from .plan import Plan, Size, make_plan
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render
 
 DEFAULT_CFLAGS = ("-O3", "-march=native", "-std=c99")
 #: GEMM register/cache tiles (templates/c/gemm.c.j2), tuned on Zen 4 / AVX-512 with gcc 12.
-TILES = {"mr": 6, "nr": 64, "kc": 512, "mc": 1536, "nc": 192}
+#: direct_max_m: nn/tn products with at most this many rows read B in place (no copy).
+TILES = {"mr": 6, "nr": 64, "kc": 512, "mc": 1536, "nc": 192, "direct_max_m": 256}
 ACT_OPS = ("relu", "sigmoid", "tanh")
 
 
@@ -129,7 +130,13 @@ class _Source:
             size = Size.of_shape(v.shape) * Size(CTYPES[v.dtype].itemsize)
             copies.append(f"memcpy(out{j}, {ptr(v)}, {size.c()});   /* output "
                           f"'{c_comment(v.name)}' is '{c_comment(tname)}' */")
-        layout = (["sizeof(float) * LC_GEMM_PACK_FLOATS(LC_THREADS)"] if base else []) + [
+        # the GEMM pack area: LC_THREADS slices, each the most any product here needs
+        packs = sorted({"lc_gemm_pack_floats({}, {}, {})".format(*gemm_dims(s)) for s in steps
+                        if (gemm_routine(s) or "").startswith("lc_gemm")})
+        pack = packs[0] if packs else ""
+        for p in packs[1:]:
+            pack = f"lc_gemm_max({pack}, {p})"
+        layout = ([f"sizeof(float) * LC_THREADS * {pack}"] if base else []) + [
             s.c() for s in plan.slots]
         text = {"name": name, "layout": layout, "decls": decls, "steps": body,
                 "copies": copies, "signature": self._signature(name, graph),
