@@ -273,9 +273,13 @@ def info(a) -> int:
 
 def _compile_args(p):
     p.add_argument("model", help="an ONNX model or training graph")
-    p.add_argument("--target", default="c", choices=["c"], help="what to generate (default c)")
+    p.add_argument("--target", default="c", choices=["c", "cuda"],
+                   help="what to generate (default c): C99, or CUDA kernels with host entry "
+                        "points")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
-                   help="folder for model.c, model.h and a Makefile")
+                   help="folder for model.c (or model.cu), model.h and a Makefile")
+    p.add_argument("--arch", default="sm_90", help="GPU architecture the CUDA Makefile "
+                   "builds for (default sm_90)")
     p.add_argument("--prefix", default="model", help="C name prefix of the entry points "
                    "(<prefix>_forward, <prefix>_train_step); a C identifier")
     p.add_argument("--threads", type=_positive(int, 1, inclusive=True), default=1, metavar="N",
@@ -286,7 +290,8 @@ def _compile_args(p):
 
 
 @command("compile", _compile_args,
-         "generate standalone C for a model's forward pass and, with --train, its training step",
+         "generate standalone C (or CUDA) for a model's forward pass and, with --train, its "
+         "training step",
          "lincompile compile mlp.onnx --target c -o mlp_c --train --loss cross-entropy "
          "--optimizer sgd --lr 0.1")
 def compile_(a) -> int:
@@ -305,7 +310,12 @@ def compile_(a) -> int:
     if a.train:
         graphs["train_step"] = training_graph(graph, loss=a.loss, optimizer=optimizer_from(a),
                                               frozen=a.freeze, emit_grads=a.emit_grads)
-    paths = write_c_sources(graphs, a.output, prefix=a.prefix, threads=a.threads)
+    if a.target == "cuda":
+        from .backends.cuda import write_cuda_sources
+
+        paths = write_cuda_sources(graphs, a.output, prefix=a.prefix, arch=a.arch)
+    else:
+        paths = write_c_sources(graphs, a.output, prefix=a.prefix, threads=a.threads)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     entries = ", ".join(f"{a.prefix}_{e}" for e in graphs)
     print(f"entry points: {entries} (documented in model.h); build: make -C {a.output}")

@@ -14,6 +14,8 @@ BACKENDS = {
     "reference": "lincompile.backends.reference",
     "onnx": "lincompile.backends.onnx",
     "c": "lincompile.backends.c",
+    "cuda": "lincompile.backends.cuda",
+    "cuda-cpu": "lincompile.backends.cuda_cpu",
 }
 TARGETS = tuple(BACKENDS)
 

@@ -147,10 +147,9 @@ def loop_nest(lang: Lang, space: Sequence, strides: Sequence[list[Size]]
             dims[-1] = (dims[-1][0] * ext, st)
         else:
             dims.append((ext, st))
-    loops, idx = "", [[] for _ in strides]
-    for k, (ext, st) in enumerate(dims):
+    loops, idx = lang.nest([ext.c() for ext, _ in dims]), [[] for _ in strides]
+    for k, (_, st) in enumerate(dims):
         var = f"i{k}"
-        loops += lang.loop(var, ext.c()) + "\n" + "    " * (k + 1)
         for j, s in enumerate(st):
             if s.coef:
                 idx[j].append(var if s == Size(1) else f"{var} * {s.c()}")
@@ -191,6 +190,16 @@ def gemm_routine(step: CStep) -> str | None:
     if (ta, tb) == (False, True) and isinstance(cols, int) and cols <= SMALL_N:
         return "lc_small_nt"
     return "lc_gemm_" + GEMMS[ta, tb]
+
+
+def gemm_dims(step: CStep) -> tuple[str, str, str]:
+    """M, N, K of the product a GEMM step computes, as C int expressions (batch: ``bn``);
+    the workspace planner sizes the GEMM pack area from them."""
+    n = step.grad or step.node
+    ta, tb = (False, True) if n.op == "linear" else (n.attrs["trans_a"], n.attrs["trans_b"])
+    a, b = n.inputs[0].shape, n.inputs[1].shape
+    m, k = (a[1], a[0]) if ta else (a[0], a[1])
+    return _int(m), _int(b[0] if tb else b[1]), _int(k)
 
 
 def _gemm(step: CStep, ctx: Context) -> dict[str, str]:

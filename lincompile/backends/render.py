@@ -73,6 +73,26 @@ class Lang:
     def loop(self, var: str, bound: str) -> str:
         return f"for (size_t {var} = 0; {var} < {bound}; {var}++)"
 
+    def nest(self, bounds: list[str]) -> str:
+        """Indices ``i0, i1, ...`` over ``bounds`` (row-major), as text that the statement
+        of the innermost iteration follows: nested loops in C; in CUDA one thread per
+        point, its flat index split into the dims."""
+        if self.name != "cuda":
+            return "".join(self.loop(f"i{k}", b) + "\n" + "    " * (k + 1)
+                           for k, b in enumerate(bounds))
+        flat = "(size_t)blockIdx.x * blockDim.x + threadIdx.x"
+        if not bounds:
+            return f"if ({flat} == 0)\n    "
+        if len(bounds) == 1:
+            return f"const size_t i0 = {flat};\nif (i0 < {bounds[0]})\n    "
+        par = [b if b.isidentifier() or b.isdigit() else f"({b})" for b in bounds]
+        lines = [f"const size_t i = {flat};"]
+        for k in range(len(bounds)):
+            inner = " * ".join(par[k + 1:])
+            idx = f"i / ({inner})" if k + 1 < len(bounds) - 1 else f"i / {inner}" if inner else "i"
+            lines.append(f"const size_t i{k} = {idx}" + (f" % {par[k]};" if k else ";"))
+        return "\n".join(lines) + f"\nif (i < {' * '.join(par)})\n    "
+
 
 C = Lang("c", "static", "restrict", "for (size_t i = 0; i < {n}; i++)", "")
 CUDA = Lang("cuda", "static __device__", "__restrict__",

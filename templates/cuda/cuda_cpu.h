@@ -41,7 +41,7 @@
  *  - Host runtime subset: cudaError_t, cudaSuccess..., cudaStream_t,
  *    cudaMalloc/cudaFree/cudaMallocHost/cudaFreeHost/cudaMallocManaged,
  *    cudaMemcpy(Async)/cudaMemset(Async), cudaStreamCreate/Destroy/Synchronize,
- *    cudaDeviceSynchronize, cudaGetLastError/cudaPeekAtLastError,
+ *    cudaDeviceSynchronize, cudaGetLastError/cudaPeekAtLastError, cudaGetSymbolAddress,
  *    cudaGetErrorString/cudaGetErrorName.  "Device memory" is host memory
  *    (256-byte aligned), so every cudaMemcpyKind behaves as memmove.  Streams
  *    are dummies: everything is synchronous.
@@ -68,6 +68,9 @@
  *  - Not reentrant: a kernel may not launch another kernel.
  *
  * USAGE NOTES
+ *  - Several emulated libraries in one process: build them with -fno-gnu-unique, else g++
+ *    makes the __shared__ statics of template kernels GNU-unique symbols that the dynamic
+ *    linker merges across libraries (fatal when their sizes differ).
  *  - LC_EMULATED is 1 here, 0 under nvcc.  __syncthreads() is a macro (it records
  *    the call site).  `#pragma unroll` is unknown to g++: add -Wno-unknown-pragmas.
  *  - Cost: roughly two context switches per thread per barrier; fine for tests
@@ -103,8 +106,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <atomic>
-#include <vector>
+/* No <atomic>/<vector>: this header is parsed once per generated model (cuda-cpu target),
+   and those two would double its compile time. GCC's __atomic builtins serve instead. */
 
 #ifndef LC_EMU_STACK_SIZE
 #define LC_EMU_STACK_SIZE (128 * 1024)
@@ -202,8 +205,9 @@ struct Fiber {
 /* Per-OS-thread scheduler state; stacks are allocated once and reused. */
 struct Runner {
     ucontext_t sched;
-    std::vector<Fiber> fibers;
-    std::vector<void*> stacks;  /* base of each mapping (guard page first) */
+    Fiber* fibers = nullptr;    /* n_fibers of them */
+    void** stacks = nullptr;    /* base of each mapping (guard page first), n_stacks */
+    int n_fibers = 0, n_stacks = 0;
     size_t stack_bytes = 0;
     int cur = -1;
     bool active = false;
@@ -211,7 +215,9 @@ struct Runner {
     void* arg = nullptr;
 
     ~Runner() {
-        for (void* s : stacks) munmap(s, stack_bytes + page());
+        for (int i = 0; i < n_stacks; ++i) munmap(stacks[i], stack_bytes + page());
+        free(stacks);
+        free(fibers);
     }
     static size_t page() {
         static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
@@ -222,7 +228,18 @@ struct Runner {
             size_t p = page();
             stack_bytes = ((size_t)LC_EMU_STACK_SIZE + p - 1) / p * p;
         }
-        while ((int)stacks.size() < n) {
+        if (n_stacks < n) {
+            void** s = (void**)realloc(stacks, sizeof(void*) * (size_t)n);
+            Fiber* f = (Fiber*)realloc(fibers, sizeof(Fiber) * (size_t)n);
+            if (!s || !f) {
+                fprintf(stderr, "lc_emu: cannot allocate fiber table\n");
+                abort();
+            }
+            stacks = s;
+            fibers = f;
+            n_fibers = n;
+        }
+        while (n_stacks < n) {
             size_t total = stack_bytes + page();
             void* m = mmap(nullptr, total, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -231,9 +248,8 @@ struct Runner {
                 abort();
             }
             mprotect(m, page(), PROT_NONE); /* guard page: stack overflow -> SIGSEGV */
-            stacks.push_back(m);
+            stacks[n_stacks++] = m;
         }
-        if ((int)fibers.size() < n) fibers.resize(n);
     }
     char* stack_lo(int t) const { return (char*)stacks[t] + page(); }
 };
@@ -391,8 +407,8 @@ static inline T atomic_rmw(T* p, Op op) {
 
 #define __syncthreads() ::lc_emu::syncthreads(__FILE__, __LINE__)
 
-static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-static inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 /* ---- atomics ---- */
 static inline float atomicAdd(float* p, float v) { return lc_emu::atomic_rmw(p, [v](float o) { return o + v; }); }
@@ -515,6 +531,11 @@ static inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 static inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 static inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 static inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+/* A __device__ variable is ordinary memory here, so its address is its device address. */
+template <class T> static inline cudaError_t cudaGetSymbolAddress(void** p, const T& symbol) {
+    *p = (void*)&symbol;
+    return cudaSuccess;
+}
 
 #endif /* __CUDACC__ */
 #endif /* LC_CUDA_CPU_H */

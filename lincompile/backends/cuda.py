@@ -1,0 +1,491 @@
+"""The CUDA backends: a graph → one ``.cu`` + header of CUDA kernels and host entry points.
+
+``target="cuda"`` builds it with nvcc into a shared library and runs it on the GPU;
+``target="cuda-cpu"`` builds the same source as C++ against ``templates/cuda/cuda_cpu.h``,
+which emulates the CUDA execution model on the CPU (real ``__syncthreads`` barriers), so the
+kernels can be checked anywhere.
+
+>>> import lincompile as lc, numpy as np
+>>> g = lc.Graph("m"); x = g.input("x", ["N", 2]); _ = g.output(g.relu(x))
+>>> lc.compile(g, "cuda-cpu").run({"x": np.array([[-1, 2]], np.float32)})["relu"]
+array([[0., 2.]], dtype=float32)
+
+The generated entry points (``<prefix>_forward`` / ``<prefix>_train_step``, and
+``<prefix>_workspace_size``) take device pointers, the batch size N, a device workspace and a
+``cudaStream_t``, and return a ``cudaError_t``; :func:`write_cuda_sources` writes the
+``.cu``, its header and a Makefile for use outside Python. float64 graphs are rejected with a
+CompileError: the CUDA kernels are float32 (use the C backend for float64).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import CompileError
+from ..ir import Graph, Value
+from .base import Executable, check_feeds
+from .c import Entry, _Source, _wrap, batch_symbol, entry_name, params_as_inputs
+from .c_kernels import CStep
+from .cuda_build import (
+    CudaError,
+    build,
+    check,
+    cudart,
+    cxx,
+    device_arch,
+    error_string,
+    gpu_available,
+    nvcc,
+    require_device,
+)
+from .cuda_kernels import CudaContext, emit_cuda, lower_cuda
+from .plan import Size, make_plan
+from .render import CTYPES, c_comment, render, templates_dir
+
+__all__ = ["CudaError", "compile", "compile_cpu", "gpu_available", "write_cuda_sources"]
+
+#: GEMM block/thread tiles and reduction block sizes on the GPU (templates/cuda/*.cu.j2).
+GPU_TILES = {"bm": 128, "bn": 128, "bk": 8, "tm": 8, "tn": 8, "min_blocks": 2,
+             "reduce_threads": 256, "block": 256}
+#: Smaller tiles for the CPU emulation: every CUDA thread is a fiber, so fewer threads per
+#: block run faster, and more blocks and edge tiles get exercised at test sizes.
+EMU_TILES = {"bm": 32, "bn": 32, "bk": 8, "tm": 4, "tn": 4, "min_blocks": 2,
+             "reduce_threads": 64, "block": 64}
+#: cudaError_t codes that templates/cuda/cuda_cpu.h returns
+EMU_ERRORS = {1: "invalid argument", 2: "out of memory", 9: "invalid configuration argument",
+              17: "invalid device pointer", 21: "invalid copy direction for memcpy",
+              719: "unspecified launch failure", 801: "operation not supported"}
+NVCC_FLAGS = ("-O3", "-std=c++17")
+#: -fno-gnu-unique: `__shared__` arrays are static locals of (template) kernels; as GNU
+#: unique symbols, two emulated models loaded in one process (say with different GEMM tiles)
+#: would share them.
+EMU_FLAGS = ("-std=c++20", "-O1", "-Wall", "-Wno-unknown-pragmas", "-fno-gnu-unique")
+#: The prebuilt GEMM/reduction library of the emulation (-O2 without IPA-CP: gcc 12 crashes
+#: in that pass on the fiber launcher).
+EMU_LIB_FLAGS = ("-std=c++20", "-O2", "-fno-ipa-cp", "-Wall", "-Wno-unknown-pragmas",
+                 "-fno-gnu-unique")
+
+
+def nvcc_line(arch: str, source: str = "model.cu", lib: str = "libmodel.so") -> list[str]:
+    return ["nvcc", *NVCC_FLAGS, f"-arch={arch}", "-Xcompiler", "-fPIC", "-shared", source,
+            "-o", lib]
+
+
+def emu_line(source: str = "model.cu", lib: str = "libmodel_cpu.so") -> list[str]:
+    return ["g++", *EMU_FLAGS, "-fPIC", "-shared", "-include", "cuda_cpu.h", "-x", "c++",
+            source, "-o", lib]
+
+
+class _CudaSource(_Source):
+    """Renders the .cu/.h text of one or more graphs (entries) sharing constants."""
+
+    def __init__(self, graphs: Mapping[str, Graph], prefix: str, arch: str,
+                 tiles: Mapping[str, int], init: bool = False):
+        self.arch, self.tiles, self._kernels = arch, dict(tiles), 0
+        super().__init__(graphs, prefix, [], 1, init)
+
+    def _entry(self, name: str, graph: Graph, init: bool) -> Entry:
+        graph.verify()
+        batch_symbol(graph)
+        steps = lower_cuda(graph)
+        used = {v.name for s in steps for v in s.inputs} | {v.name for v in graph.outputs}
+        params = [k for k in graph.params if k in used]
+        plan = make_plan(graph.inputs, params, graph.outputs, steps)
+        pids = [self._const(graph, k) for k in params]
+        names: dict[str, str] = {}
+        decls: list[str] = []
+        for pid, k in dict(zip(pids, params)).items():   # device addresses of the constants
+            ct = CTYPES[str(graph.params[k].data.dtype)].c
+            decls.append(f"const {ct} *{pid} = NULL;")
+            decls.append(f"LC_CHECK(cudaGetSymbolAddress((void **)&{pid}, {pid}_data));")
+
+        def ptr(v: Value) -> str:
+            st = plan.where[v.name]
+            if st.kind in ("in", "out"):
+                return f"{st.kind}{st.index}"
+            if st.kind == "param":
+                return pids[st.index]
+            if v.name not in names:   # a slot: each tensor gets its own typed pointer
+                names[v.name] = var = f"t{len(names)}"
+                decls.append(f"{CTYPES[v.dtype].c} *{var} = ({CTYPES[v.dtype].c} *)"
+                             f"(ws + off[{st.index}]);")
+            return names[v.name]
+
+        def scratch(step: CStep, i: int) -> str:
+            return f"(ws + off[{plan.scratch[steps.index(step)][i]}])"
+
+        ctx = CudaContext(ptr, scratch, self.bytecode)
+        kernels, body = [], []
+        for k, s in enumerate(steps):
+            if k in plan.views:
+                continue
+            em = emit_cuda(f"k{self._kernels}_{s.node.op}", s, ctx)
+            self._kernels += 1
+            kernels += em.kernels
+            body.append({"comment": s.comment(), "code": em.host})
+        copies = []
+        for j, tname in plan.copies:
+            v = graph.values[tname]
+            size = Size.of_shape(v.shape) * Size(CTYPES[v.dtype].itemsize)
+            copies.append(f"LC_CHECK(cudaMemcpyAsync(out{j}, {ptr(v)}, {size.c()}, "
+                          f"cudaMemcpyDeviceToDevice, stream));   /* output "
+                          f"'{c_comment(v.name)}' is '{c_comment(tname)}' */")
+        text = {"name": name, "layout": [s.c() for s in plan.slots], "decls": decls,
+                "steps": body, "copies": copies, "kernels": kernels,
+                "signature": self._signature(name, graph),
+                "what": f"{'training step' if name == 'train_step' else 'graph'} "
+                        f"'{c_comment(graph.name)}'",
+                "doc": self._doc(graph, plan), "init": self._init(name, graph) if init else None}
+        return Entry(name, graph, steps, plan, params, text)
+
+    def _signature(self, name: str, graph: Graph) -> str:
+        args = ["long N"]
+        args += [f"const {CTYPES[v.dtype].c} *in{i}" for i, v in enumerate(graph.inputs)]
+        args += [f"{CTYPES[v.dtype].c} *out{j}" for j, v in enumerate(graph.outputs)]
+        return _wrap(f"cudaError_t {self.prefix}_{name}(",
+                     [*args, "void *workspace", "cudaStream_t stream"])
+
+    def _init(self, name: str, graph: Graph) -> dict | None:
+        state = [(i, v) for i, v in enumerate(graph.inputs) if v.name in graph.initial_state]
+        if not state:
+            return None
+        args = [f"{CTYPES[v.dtype].c} *in{i}" for i, v in state]
+        lines = ["void *src = NULL;"]
+        for i, v in state:
+            data = np.asarray(graph.initial_state[v.name], v.dtype)
+            cid = self._const_data(data, f"initial value of '{v.name}'")
+            lines.append(f"LC_CHECK(cudaGetSymbolAddress(&src, {cid}_data));")
+            lines.append(f"LC_CHECK(cudaMemcpyAsync(in{i}, src, {data.nbytes}, "
+                         f"cudaMemcpyDeviceToDevice, stream));   /* '{c_comment(v.name)}' */")
+        return {"signature": _wrap(f"cudaError_t {self.prefix}_{name}_init(",
+                                   [*args, "cudaStream_t stream"]), "lines": lines,
+                "doc": "pass the same device pointers as in" + ", in".join(
+                    str(i) for i, _ in state)}
+
+    def library(self) -> str:
+        """The GEMM and reduction library (templates/cuda/gemm.cu.j2, reduce.cu.j2)."""
+        t = self.tiles
+        gemm = render("cuda/gemm.cu.j2", self.bytecode, bm=t["bm"], bn=t["bn"], bk=t["bk"],
+                      tm=t["tm"], tn=t["tn"], min_blocks=t["min_blocks"])
+        red = render("cuda/reduce.cu.j2", self.bytecode, reduce_threads=t["reduce_threads"])
+        return gemm.rstrip("\n") + "\n\n" + red.rstrip("\n")
+
+    def files(self) -> dict[str, str]:
+        kernels = {s.kernel for e in self.entries for s in e.steps}
+        common = {"version": __version__, "prefix": self.prefix, "file": "model.cu",
+                  "header": "model.h", "nvcc_line": shlex.join(nvcc_line(self.arch)),
+                  "emu_line": shlex.join(emu_line()),
+                  "what": " and ".join(e.text["what"] for e in self.entries),
+                  "entries": [e.text for e in self.entries]}
+        uses_lib = kernels & {"linear", "matmul", "sgd_gemm", "reduce_sum"}
+        cu = render("cuda/model.cu.j2", self.bytecode, **common, block=self.tiles["block"],
+                    library=self.library() if uses_lib else "",
+                    max_parts=256, params=list(self.consts.values()),
+                    max_layout=max(len(e.text["layout"]) for e in self.entries))
+        h = render("cuda/model.h.j2", self.bytecode, **common,
+                   guard=f"LC_{self.prefix.upper()}_H")
+        return {"model.cu": cu, "model.h": h}
+
+
+def write_cuda_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str = "model",
+                       arch: str | None = None, init: bool = True) -> list[Path]:
+    """Write ``model.cu``, ``model.h``, a ``Makefile`` and ``cuda_cpu.h`` (for ``make cpu``)
+    for ``graphs`` (entry name -> graph), like :func:`lincompile.backends.c.write_c_sources`:
+    a training graph's trainable parameters become inputs of the other graphs."""
+    graphs = dict(graphs)
+    trained = [v.name for t in graphs.values() if entry_name(t) == "train_step"
+               for v in t.inputs]
+    for name, g in graphs.items():
+        if entry_name(g) != "train_step":
+            graphs[name] = params_as_inputs(g, [p for p in trained if p in g.params])
+    arch = arch or "sm_90"
+    files = _CudaSource(graphs, prefix, arch, GPU_TILES, init).files()
+    files["Makefile"] = render(
+        "cuda/Makefile.j2", None, version=__version__, file="model.cu", header="model.h",
+        lib="libmodel.so", cpu_lib="libmodel_cpu.so", arch=arch,
+        nvccflags=" ".join(NVCC_FLAGS), emuflags=" ".join(EMU_FLAGS[:2]))
+    files["cuda_cpu.h"] = (templates_dir() / "cuda" / "cuda_cpu.h").read_text()
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in files.items():
+        (out / name).write_text(text)
+        paths.append(out / name)
+    return paths
+
+
+# ------------------------------------------------------------------------ executables
+class _CudaExecutable(Executable):
+    """Shared by both targets: the loaded library, its entry point, the workspace size."""
+
+    def __init__(self, graph: Graph, lib_path: Path, entry: Entry, prefix: str):
+        super().__init__(graph)
+        self.path, self.entry, self.plan = lib_path, entry, entry.plan
+        self.entry_name = f"{prefix}_{entry.name}"
+        self.lib = ctypes.CDLL(str(lib_path))
+        self._fn = getattr(self.lib, self.entry_name)
+        self._fn.restype = ctypes.c_int
+        self._fn.argtypes = [ctypes.c_long] + [ctypes.c_void_p] * (
+            len(graph.inputs) + len(graph.outputs) + 2)
+        self._ws_size = self.lib[f"{prefix}_workspace_size"]
+        self._ws_size.restype, self._ws_size.argtypes = ctypes.c_size_t, [ctypes.c_long]
+
+    def source(self) -> str:
+        """The generated CUDA file."""
+        return (self.path.parent / "model.cu").read_text()
+
+    def batch(self, feeds: Mapping[str, Any]) -> int:
+        for v in self.graph.inputs:
+            for d, n in zip(v.shape, feeds[v.name].shape):
+                if isinstance(d, str):
+                    return int(n)
+        return 0
+
+    def shape(self, v: Value, n: int) -> tuple[int, ...]:
+        return tuple(n if isinstance(d, str) else d for d in v.shape)
+
+    def _call(self, n: int, ptrs: list[int], ws: int, stream: int, errors) -> None:
+        code = self._fn(n, *ptrs, ws, stream)
+        if code != 0:
+            raise CudaError(f"{self.entry_name} (graph '{self.graph.name}') failed: "
+                            f"{errors(code)}")
+
+
+class CudaCpuExecutable(_CudaExecutable):
+    """The generated CUDA run on the CPU by the emulator (``target="cuda-cpu"``): device
+    pointers are host pointers, so numpy arrays are passed as they are."""
+
+    target = "cuda-cpu"
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._ws = np.empty(0, np.uint8)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = self.batch(feeds)
+        ins = [np.require(feeds[v.name], requirements=["C", "A"]) for v in self.graph.inputs]
+        outs = {}
+        for v in self.graph.outputs:   # poisoned: an output the code forgets stays NaN
+            outs[v.name] = np.full(self.shape(v, n), np.nan if v.dtype != "int64" else np.iinfo(
+                np.int64).min, v.dtype)
+        need = int(self._ws_size(n)) + 256
+        if self._ws.size < need:
+            self._ws = np.empty(need, np.uint8)
+        ws = self._ws.ctypes.data + (-self._ws.ctypes.data % 256)
+        self._call(n, [a.ctypes.data for a in ins] + [outs[v.name].ctypes.data
+                                                       for v in self.graph.outputs],
+                   ws, 0, lambda c: f"{EMU_ERRORS.get(c, 'error')} (cudaError {c})")
+        return outs
+
+
+class CudaExecutable(_CudaExecutable):
+    """The generated CUDA run on the GPU (``target="cuda"``).
+
+    ``run(feeds)`` takes numpy arrays (copied to the device and the outputs back), or CUDA
+    tensors of torch or cupy (anything with ``__cuda_array_interface__``): those are used in
+    place, the outputs are allocated by the same library on the same device, and the work
+    is enqueued on that library's current stream without waiting for it."""
+
+    target = "cuda"
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._bufs: dict[str, tuple[int, int]] = {}   # name -> (device pointer, bytes)
+
+    def __del__(self):
+        try:
+            rt = cudart()
+            for p, _ in self._bufs.values():
+                rt.cudaFree(ctypes.c_void_p(p))
+        except Exception:   # interpreter shutdown, no runtime: nothing to free
+            pass
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        """A device buffer of at least ``nbytes``, kept for the next run."""
+        p, size = self._bufs.get(name, (0, 0))
+        if size < max(nbytes, 1):
+            rt = cudart()
+            if p:
+                check(rt.cudaFree(ctypes.c_void_p(p)), "cudaFree")
+            ptr = ctypes.c_void_p()
+            check(rt.cudaMalloc(ctypes.byref(ptr), max(nbytes, 256)), f"cudaMalloc({nbytes})")
+            p, size = ptr.value, max(nbytes, 256)
+            self._bufs[name] = (p, size)
+        return p
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        require_device(self.entry_name)
+        if not any(hasattr(a, "__cuda_array_interface__") for a in feeds.values()):
+            return super().run(feeds)
+        n, ptrs, outs, lib = self._device_args(feeds, inplace=False)
+        ws = self._buffer("workspace", int(self._ws_size(n)))
+        self._call(n, ptrs, ws, _current_stream(lib), error_string)
+        return outs
+
+    def bind(self, feeds: Mapping[str, Any], inplace: bool = True) -> BoundCuda:
+        """Pre-bound device buffers for repeated runs at one batch size: ``feeds`` are torch
+        or cupy CUDA tensors, ``bound()`` enqueues one call of the entry point on the
+        library's current stream (no allocation, no copy, no synchronization), and
+        ``bound.outputs`` holds the results. With ``inplace`` each ``X.next`` output is
+        ``X``'s own tensor where the header allows it, so calling ``bound()`` again trains on.
+        """
+        require_device(self.entry_name)
+        n, ptrs, outs, lib = self._device_args(feeds, inplace)
+        return BoundCuda(self, n, ptrs, outs, lib)
+
+    def _device_args(self, feeds: Mapping[str, Any], inplace: bool):
+        """(N, entry pointers, outputs, library) for feeds that include CUDA tensors."""
+        rt = cudart()
+        device = {k: a for k, a in feeds.items() if hasattr(a, "__cuda_array_interface__")}
+        # check names, shapes and dtypes on zero-stride stand-ins: no copy of device data
+        stand_in = {}
+        for k, a in feeds.items():
+            if k in device:
+                cai = a.__cuda_array_interface__
+                dt = np.dtype(cai["typestr"])
+                if cai.get("strides") not in (None, tuple(np.empty(cai["shape"], dt).strides)):
+                    raise CudaError(f"feed '{k}' is not a contiguous CUDA array")
+                stand_in[k] = np.lib.stride_tricks.as_strided(
+                    np.zeros(1, dt), cai["shape"], (0,) * len(cai["shape"]))
+            else:
+                stand_in[k] = a
+        checked = check_feeds(self.graph, stand_in)
+        like = next(iter(device.values()))
+        lib = type(like).__module__.split(".")[0]
+        n = self.batch(checked)
+        ptrs = []
+        for v in self.graph.inputs:
+            if v.name in device:
+                ptrs.append(device[v.name].__cuda_array_interface__["data"][0])
+            else:   # a host feed among device ones: copied to a buffer of its own
+                a = checked[v.name]
+                p = self._buffer("in:" + v.name, a.nbytes)
+                check(rt.cudaMemcpy(p, a.ctypes.data, a.nbytes, 1), "cudaMemcpy to device")
+                ptrs.append(p)
+        alias = dict(self.plan.inplace) if inplace else {}
+        outs = {}
+        for j, v in enumerate(self.graph.outputs):
+            src = self.graph.inputs[alias[j]].name if j in alias else None
+            if src in device:
+                outs[v.name] = device[src]
+            else:
+                outs[v.name] = _empty_like_lib(lib, self.shape(v, n), v.dtype, like)
+            ptrs.append(outs[v.name].__cuda_array_interface__["data"][0])
+        return n, ptrs, outs, lib
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rt = cudart()
+        n = self.batch(feeds)
+        ptrs = []
+        for v in self.graph.inputs:
+            a = np.require(feeds[v.name], requirements=["C"])
+            p = self._buffer("in:" + v.name, a.nbytes)
+            check(rt.cudaMemcpy(p, a.ctypes.data, a.nbytes, 1), "cudaMemcpy to device")
+            ptrs.append(p)
+        outs = {v.name: np.empty(self.shape(v, n), v.dtype) for v in self.graph.outputs}
+        for v in self.graph.outputs:   # poisoned (all bits set: NaN, or -1 for int64)
+            p = self._buffer("out:" + v.name, outs[v.name].nbytes)
+            check(rt.cudaMemset(p, 0xFF, outs[v.name].nbytes), "cudaMemset")
+            ptrs.append(p)
+        ws = self._buffer("workspace", int(self._ws_size(n)))
+        self._call(n, ptrs, ws, 0, error_string)
+        check(rt.cudaDeviceSynchronize(), f"{self.entry_name} (running)")
+        for j, v in enumerate(self.graph.outputs):
+            a = outs[v.name]
+            check(rt.cudaMemcpy(a.ctypes.data, ptrs[len(self.graph.inputs) + j], a.nbytes, 2),
+                  "cudaMemcpy to host")
+        return outs
+
+
+class BoundCuda:
+    """Pre-bound device buffers of a :class:`CudaExecutable` (see its ``bind``)."""
+
+    def __init__(self, exe: CudaExecutable, n: int, ptrs: list[int], outputs: dict,
+                 lib: str):
+        self.exe, self.n, self.outputs, self.lib = exe, n, outputs, lib
+        size = max(int(exe._ws_size(n)), 256)
+        ws = ctypes.c_void_p()
+        check(cudart().cudaMalloc(ctypes.byref(ws), size), f"cudaMalloc({size})")
+        self._ws = ws.value
+        self._args = (n, *ptrs, self._ws)
+
+    def __call__(self) -> None:
+        code = self.exe._fn(*self._args, _current_stream(self.lib))
+        if code != 0:
+            raise CudaError(f"{self.exe.entry_name} failed: {error_string(code)}")
+
+    def __del__(self):
+        try:
+            cudart().cudaFree(ctypes.c_void_p(self._ws))
+        except Exception:
+            pass
+
+
+def _empty_like_lib(lib: str, shape: tuple[int, ...], dtype: str, like: Any) -> Any:
+    if lib == "torch":
+        import torch
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+    if lib == "cupy":
+        import cupy
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype=dtype)
+    raise CudaError(f"CUDA arrays of '{lib}' are not supported as feeds (torch or cupy are)")
+
+
+def _current_stream(lib: str) -> int:
+    if lib == "torch":
+        import torch
+        return int(torch.cuda.current_stream().cuda_stream)
+    import cupy
+    return int(cupy.cuda.get_current_stream().ptr)
+
+
+# ------------------------------------------------------------------------ compile
+def _emu_library(src: _CudaSource) -> Path:
+    """The GEMM/reduction library for the emulation, built once per tile configuration."""
+    header = (templates_dir() / "cuda" / "cuda_cpu.h").read_text()
+    cmd = [cxx(), *EMU_LIB_FLAGS, "-fPIC", "-c", "-include", "cuda_cpu.h", "-x", "c++",
+           "lc_kernels.cu", "-o", "lc_kernels.o"]
+    return build({"lc_kernels.cu": src.library() + "\n", "cuda_cpu.h": header}, cmd,
+                 "lc_kernels.o")
+
+
+def compile_cpu(graph: Graph, prefix: str = "model",
+                tiles: Mapping[str, int] | None = None) -> CudaCpuExecutable:
+    """Generate the CUDA code of ``graph`` and build it for the CPU emulator
+    (``target="cuda-cpu"``). ``tiles`` defaults to :data:`EMU_TILES`; pass
+    :data:`GPU_TILES` to emulate the exact GPU configuration (slower)."""
+    src = _CudaSource({entry_name(graph): graph}, prefix, "sm_90", tiles or EMU_TILES)
+    files = src.files()
+    files["cuda_cpu.h"] = (templates_dir() / "cuda" / "cuda_cpu.h").read_text()
+    lib = _emu_library(src)
+    cmd = [cxx(), *EMU_FLAGS, "-fPIC", "-shared", "-include", "cuda_cpu.h",
+           "-DLC_PREBUILT_KERNELS", "-x", "c++", "model.cu", "-x", "none", str(lib),
+           "-o", "libmodel.so"]
+    return CudaCpuExecutable(graph, build(files, cmd, "libmodel.so"), src.entries[0],
+                             src.prefix)
+
+
+def compile(graph: Graph, arch: str | None = None, prefix: str = "model") -> CudaExecutable:
+    """Generate the CUDA code of ``graph``, build it with nvcc for ``arch`` (default: the
+    device's, else ``sm_90``) and load it. Without a GPU this still compiles; ``run`` then
+    raises a CudaError saying no CUDA device was found."""
+    arch = arch or device_arch()
+    if not (isinstance(arch, str) and arch.startswith(("sm_", "compute_"))):
+        raise CompileError(f"arch must look like 'sm_90', got {arch!r}")
+    src = _CudaSource({entry_name(graph): graph}, prefix, arch, GPU_TILES)
+    tool = nvcc()
+    lib = build({"lc_kernels.cu": src.library() + "\n"},
+                [tool, *NVCC_FLAGS, f"-arch={arch}", "-Xcompiler", "-fPIC", "-c", "lc_kernels.cu",
+                 "-o", "lc_kernels.o"], "lc_kernels.o")
+    cmd = [tool, *NVCC_FLAGS, f"-arch={arch}", "-Xcompiler", "-fPIC", "-shared",
+           "-DLC_PREBUILT_KERNELS", "model.cu", str(lib), "-o", "libmodel.so"]
+    return CudaExecutable(graph, build(src.files(), cmd, "libmodel.so"), src.entries[0],
+                          src.prefix)
