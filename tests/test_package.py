@@ -39,3 +39,14 @@ def test_ci_runs_the_readme_test_command():
     test_cmd = next(line for b in blocks for line in b.splitlines() if "pytest" in line)
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_cmd.strip() in [line.strip() for line in ci]
+
+
+def test_readme_python_example_runs(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Python in ten lines\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 14
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert 0 < float(r.stdout.strip()) < 10  # the loss of the third step
+    assert (tmp_path / "mlp_train.onnx").is_file()
