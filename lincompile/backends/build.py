@@ -58,11 +58,10 @@ def cc_line(cflags: list[str], source: str = "model.c", lib: str = "libmodel.so"
     return [compiler(), *cflags, "-fPIC", "-shared", source, "-o", lib, "-lm"]
 
 
-def cache_key(files: dict[str, str], cflags: list[str]) -> str:
+def cache_key(files: dict[str, str], cmd: list[str], *extra: str) -> str:
+    """A hash of the files, the exact command and ``extra`` (compiler identity, CPU)."""
     h = hashlib.sha256()
-    cmd = cc_line(cflags)
-    for part in (compiler_id(cmd[0]), shlex.join(cmd),
-                 host_cpu() if any("native" in f for f in cflags) else ""):
+    for part in (shlex.join(cmd), *extra):
         h.update(part.encode() + b"\0")
     for name in sorted(files):
         h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
@@ -73,9 +72,19 @@ def build(files: dict[str, str], cflags: list[str], main: str = "model.c") -> Pa
     """The shared library built from ``files`` (name -> text) with ``cflags``, from the
     cache when it is there. Compiler failure: CompileError with its message and the path
     of the generated source (kept for inspection)."""
-    key = cache_key(files, cflags)
+    cmd = cc_line(cflags, main)
+    key = cache_key(files, cmd, compiler_id(cmd[0]),
+                    host_cpu() if any("native" in f for f in cflags) else "")
+    return build_cached(key, files, cmd, "libmodel.so", main)
+
+
+def build_cached(key: str, files: dict[str, str], cmd: list[str], output: str,
+                 source: str | None = None) -> Path:
+    """``output``, made by running ``cmd`` in a private folder holding ``files``, unless the
+    cache already holds it under ``key``. The result is renamed into place, so it appears
+    whole or not at all; on failure the sources are kept and a CompileError says where."""
     root = cache_dir()
-    final = root / key / "libmodel.so"
+    final = root / key / output
     if final.is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
@@ -83,23 +92,23 @@ def build(files: dict[str, str], cflags: list[str], main: str = "model.c") -> Pa
     try:
         for name, text in files.items():
             (tmp / name).write_text(text)
-        cmd = cc_line(cflags, main)
         try:
-            res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600)
+            res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise CompileError(f"C compiler '{cmd[0]}' failed to run: {e}") from None
-        if res.returncode != 0:
+            raise CompileError(f"compiler '{cmd[0]}' failed to run: {e}") from None
+        if res.returncode != 0 or not (tmp / output).is_file():
             keep = root / f"failed-{key}"
             shutil.rmtree(keep, ignore_errors=True)
             os.replace(tmp, keep)
+            where = keep / (source or next(iter(files)))
             msg = (res.stderr or res.stdout).strip()
-            raise CompileError(f"C compiler failed on {keep / main} (exit {res.returncode}): "
-                               f"{shlex.join(cmd)}\n{msg}")
+            raise CompileError(f"{Path(cmd[0]).name} failed on {where} (exit "
+                               f"{res.returncode}): {shlex.join(cmd)}\n{msg}")
         dest = root / key
         dest.mkdir(exist_ok=True)
-        for name in files:   # sources next to the library, for reading and debugging
+        for name in files:   # sources next to the result, for reading and debugging
             os.replace(tmp / name, dest / name)
-        os.replace(tmp / "libmodel.so", final)   # atomic: the library appears whole or not
+        os.replace(tmp / output, final)   # atomic: the result appears whole or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

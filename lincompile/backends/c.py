@@ -13,7 +13,7 @@ with; :func:`write_c_sources` writes that pair plus a Makefile for use outside P
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,14 +89,20 @@ class _Source:
                         for name, g in graphs.items()]
 
     # -------------------------------------------------------------------- one entry
-    def _entry(self, name: str, graph: Graph, init: bool) -> Entry:
+    def _layout(self, graph: Graph, lower: Callable[[Graph], list[CStep]]
+                ) -> tuple[list[CStep], list[str], Plan, list[str]]:
+        """The kernel steps, the parameters they read, the buffer plan and the constants'
+        generated names: what every language's entry point starts from."""
         graph.verify()
         batch_symbol(graph)
         steps = lower(graph)
         used = {v.name for s in steps for v in s.inputs} | {v.name for v in graph.outputs}
         params = [k for k in graph.params if k in used]
         plan = make_plan(graph.inputs, params, graph.outputs, steps)
-        pids = [self._const(graph, k) for k in params]
+        return steps, params, plan, [self._const(graph, k) for k in params]
+
+    def _entry(self, name: str, graph: Graph, init: bool) -> Entry:
+        steps, params, plan, pids = self._layout(graph, lower)
         names: dict[str, str] = {}
         decls: list[str] = []
         if any((gemm_routine(s) or "").startswith("lc_gemm") for s in steps):

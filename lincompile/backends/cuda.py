@@ -31,7 +31,7 @@ from .. import __version__
 from ..errors import CompileError
 from ..ir import Graph, Value
 from .base import Executable, check_feeds
-from .c import Entry, _Source, _wrap, batch_symbol, entry_name, params_as_inputs
+from .c import Entry, _Source, _wrap, entry_name, params_as_inputs
 from .c_kernels import CStep
 from .cuda_build import (
     CudaError,
@@ -46,7 +46,7 @@ from .cuda_build import (
     require_device,
 )
 from .cuda_kernels import CudaContext, emit_cuda, lower_cuda
-from .plan import Size, make_plan
+from .plan import Size
 from .render import CTYPES, c_comment, render, templates_dir
 
 __all__ = ["CudaError", "compile", "compile_cpu", "gpu_available", "write_cuda_sources"]
@@ -92,13 +92,7 @@ class _CudaSource(_Source):
         super().__init__(graphs, prefix, [], 1, init)
 
     def _entry(self, name: str, graph: Graph, init: bool) -> Entry:
-        graph.verify()
-        batch_symbol(graph)
-        steps = lower_cuda(graph)
-        used = {v.name for s in steps for v in s.inputs} | {v.name for v in graph.outputs}
-        params = [k for k in graph.params if k in used]
-        plan = make_plan(graph.inputs, params, graph.outputs, steps)
-        pids = [self._const(graph, k) for k in params]
+        steps, params, plan, pids = self._layout(graph, lower_cuda)
         names: dict[str, str] = {}
         decls: list[str] = []
         for pid, k in dict(zip(pids, params)).items():   # device addresses of the constants

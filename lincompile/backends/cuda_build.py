@@ -11,18 +11,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
-import hashlib
 import os
-import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from functools import cache
 from pathlib import Path
 
 from ..errors import CompileError, LincompileError
-from .build import cache_dir
+from .build import build_cached, cache_key
 
 
 class CudaError(LincompileError):
@@ -70,40 +67,7 @@ def build(files: dict[str, str], cmd: list[str], output: str) -> Path:
     """``output``, made by running ``cmd`` in a folder holding ``files`` (name -> text), from
     the cache when it is there (key: the files, the command, the compiler's version).
     Failure: a CompileError with the compiler's message; the sources are kept."""
-    h = hashlib.sha256()
-    for part in (tool_id(cmd[0]), shlex.join(cmd)):
-        h.update(part.encode() + b"\0")
-    for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    key = h.hexdigest()[:32]
-    root = cache_dir()
-    final = root / key / output
-    if final.is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    try:
-        for name, text in files.items():
-            (tmp / name).write_text(text)
-        try:
-            res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise CompileError(f"compiler '{cmd[0]}' failed to run: {e}") from None
-        if res.returncode != 0 or not (tmp / output).is_file():
-            keep = root / f"failed-{key}"
-            shutil.rmtree(keep, ignore_errors=True)
-            os.replace(tmp, keep)
-            msg = (res.stderr or res.stdout).strip()
-            raise CompileError(f"{Path(cmd[0]).name} failed in {keep} (exit {res.returncode}): "
-                               f"{shlex.join(cmd)}\n{msg}")
-        dest = root / key
-        dest.mkdir(exist_ok=True)
-        for name in files:   # sources next to the result, for reading and debugging
-            os.replace(tmp / name, dest / name)
-        os.replace(tmp / output, final)   # atomic: the result appears whole or not at all
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_cached(cache_key(files, cmd, tool_id(cmd[0])), files, cmd, output)
 
 
 # --------------------------------------------------------------------- runtime
