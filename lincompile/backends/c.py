@@ -130,12 +130,6 @@ class _Source:
         ctx = Context(C, ptr, scratch, self.bytecode)
         body = [{"comment": s.comment(), "code": emit(s, ctx)}
                 for k, s in enumerate(steps) if k not in plan.views]
-        copies = []
-        for j, tname in plan.copies:
-            v = graph.values[tname]
-            size = Size.of_shape(v.shape) * Size(CTYPES[v.dtype].itemsize)
-            copies.append(f"memcpy(out{j}, {ptr(v)}, {size.c()});   /* output "
-                          f"'{c_comment(v.name)}' is '{c_comment(tname)}' */")
         # the GEMM pack area: LC_THREADS slices, each the most any product here needs
         packs = sorted({"lc_gemm_pack_floats({}, {}, {})".format(*gemm_dims(s)) for s in steps
                         if (gemm_routine(s) or "").startswith("lc_gemm")})
@@ -144,18 +138,38 @@ class _Source:
             pack = f"lc_gemm_max({pack}, {p})"
         layout = ([f"sizeof(float) * LC_THREADS * {pack}"] if base else []) + [
             s.c() for s in plan.slots]
-        text = {"name": name, "layout": layout, "decls": decls, "steps": body,
-                "copies": copies, "signature": self._signature(name, graph),
-                "what": f"{'training step' if name == 'train_step' else 'graph'} "
-                        f"'{c_comment(graph.name)}'",
-                "doc": self._doc(graph, plan), "init": self._init(name, graph) if init else None}
+        text = self._text(name, graph, plan, ptr, init, layout=layout, decls=decls, steps=body)
         return Entry(name, graph, steps, plan, params, text)
+
+    # the language's part of an entry point: its return type, its trailing arguments, and
+    # how an output that is another tensor's value gets copied
+    RETURNS = "void"
+    TRAILING = ("void *workspace",)
+
+    def _copy(self, dst: str, src: str, size: str) -> str:
+        return f"memcpy({dst}, {src}, {size});"
+
+    def _text(self, name: str, graph: Graph, plan: Plan, ptr: Callable[[Value], str],
+              init: bool, **language: object) -> dict:
+        """The template's view of one entry point: ``language`` (layout, declarations,
+        kernel calls, ...) plus what every language has alike."""
+        copies = []
+        for j, tname in plan.copies:
+            v = graph.values[tname]
+            size = Size.of_shape(v.shape) * Size(CTYPES[v.dtype].itemsize)
+            copies.append(f"{self._copy(f'out{j}', ptr(v), size.c())}   /* output "
+                          f"'{c_comment(v.name)}' is '{c_comment(tname)}' */")
+        kind = "training step" if name == "train_step" else "graph"
+        return {**language, "name": name, "copies": copies,
+                "signature": self._signature(name, graph),
+                "what": f"{kind} '{c_comment(graph.name)}'", "doc": self._doc(graph, plan),
+                "init": self._init(name, graph) if init else None}
 
     def _signature(self, name: str, graph: Graph) -> str:
         args = ["long N"]
         args += [f"const {CTYPES[v.dtype].c} *in{i}" for i, v in enumerate(graph.inputs)]
         args += [f"{CTYPES[v.dtype].c} *out{j}" for j, v in enumerate(graph.outputs)]
-        return _wrap(f"void {self.prefix}_{name}(", [*args, "void *workspace"])
+        return _wrap(f"{self.RETURNS} {self.prefix}_{name}(", [*args, *self.TRAILING])
 
     def _doc(self, graph: Graph, plan: Plan) -> list[str]:
         sym = batch_symbol(graph)
@@ -240,24 +254,31 @@ def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str
     cflags = list(DEFAULT_CFLAGS if cflags is None else cflags)
     if threads > 1 and "-fopenmp" not in cflags:
         cflags.append("-fopenmp")
-    graphs = dict(graphs)
-    # a training graph's trainable parameters are its inputs (frozen ones stay parameters)
-    trained = [v.name for t in graphs.values() if entry_name(t) == "train_step"
-               for v in t.inputs]
-    for name, g in graphs.items():
-        if entry_name(g) != "train_step":
-            graphs[name] = params_as_inputs(g, [p for p in trained if p in g.params])
-    files = _Source(graphs, prefix, cflags, threads, init).files()
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    files = _Source(share_trained(graphs), prefix, cflags, threads, init).files()
     files["Makefile"] = render("c/Makefile.j2", None, version=__version__, file="model.c",
                                header="model.h", lib="libmodel.so", obj="model.o",
                                cflags=" ".join(cflags))
-    paths = []
+    return write_files(files, outdir)
+
+
+def share_trained(graphs: Mapping[str, Graph]) -> dict[str, Graph]:
+    """``graphs`` with a training graph's trainable parameters (its inputs) turned into
+    inputs of the other graphs too, so they evaluate the weights being trained; frozen
+    parameters stay baked in."""
+    trained = [v.name for t in graphs.values() if entry_name(t) == "train_step"
+               for v in t.inputs]
+    return {name: g if entry_name(g) == "train_step" else
+            params_as_inputs(g, [p for p in trained if p in g.params])
+            for name, g in graphs.items()}
+
+
+def write_files(files: Mapping[str, str], outdir: str | Path) -> list[Path]:
+    """Write each ``name -> text`` into ``outdir`` (made if needed); the paths written."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (out / name).write_text(text)
-        paths.append(out / name)
-    return paths
+    return [out / name for name in files]
 
 
 def params_as_inputs(graph: Graph, names: Sequence[str]) -> Graph:

@@ -31,7 +31,7 @@ from .. import __version__
 from ..errors import CompileError
 from ..ir import Graph, Value
 from .base import Executable, check_feeds
-from .c import Entry, _Source, _wrap, entry_name, params_as_inputs
+from .c import Entry, _Source, _wrap, entry_name, share_trained, write_files
 from .c_kernels import CStep
 from .cuda_build import (
     CudaError,
@@ -46,7 +46,6 @@ from .cuda_build import (
     require_device,
 )
 from .cuda_kernels import CudaContext, emit_cuda, lower_cuda
-from .plan import Size
 from .render import CTYPES, c_comment, render, templates_dir
 
 __all__ = ["CudaError", "compile", "compile_cpu", "gpu_available", "write_cuda_sources"]
@@ -124,27 +123,15 @@ class _CudaSource(_Source):
             self._kernels += 1
             kernels += em.kernels
             body.append({"comment": s.comment(), "code": em.host})
-        copies = []
-        for j, tname in plan.copies:
-            v = graph.values[tname]
-            size = Size.of_shape(v.shape) * Size(CTYPES[v.dtype].itemsize)
-            copies.append(f"LC_CHECK(cudaMemcpyAsync(out{j}, {ptr(v)}, {size.c()}, "
-                          f"cudaMemcpyDeviceToDevice, stream));   /* output "
-                          f"'{c_comment(v.name)}' is '{c_comment(tname)}' */")
-        text = {"name": name, "layout": [s.c() for s in plan.slots], "decls": decls,
-                "steps": body, "copies": copies, "kernels": kernels,
-                "signature": self._signature(name, graph),
-                "what": f"{'training step' if name == 'train_step' else 'graph'} "
-                        f"'{c_comment(graph.name)}'",
-                "doc": self._doc(graph, plan), "init": self._init(name, graph) if init else None}
+        text = self._text(name, graph, plan, ptr, init, layout=[s.c() for s in plan.slots],
+                          decls=decls, steps=body, kernels=kernels)
         return Entry(name, graph, steps, plan, params, text)
 
-    def _signature(self, name: str, graph: Graph) -> str:
-        args = ["long N"]
-        args += [f"const {CTYPES[v.dtype].c} *in{i}" for i, v in enumerate(graph.inputs)]
-        args += [f"{CTYPES[v.dtype].c} *out{j}" for j, v in enumerate(graph.outputs)]
-        return _wrap(f"cudaError_t {self.prefix}_{name}(",
-                     [*args, "void *workspace", "cudaStream_t stream"])
+    RETURNS = "cudaError_t"
+    TRAILING = ("void *workspace", "cudaStream_t stream")
+
+    def _copy(self, dst: str, src: str, size: str) -> str:
+        return f"LC_CHECK(cudaMemcpyAsync({dst}, {src}, {size}, cudaMemcpyDeviceToDevice, stream));"
 
     def _init(self, name: str, graph: Graph) -> dict | None:
         state = [(i, v) for i, v in enumerate(graph.inputs) if v.name in graph.initial_state]
@@ -193,26 +180,19 @@ def write_cuda_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: 
     """Write ``model.cu``, ``model.h``, a ``Makefile`` and ``cuda_cpu.h`` (for ``make cpu``)
     for ``graphs`` (entry name -> graph), like :func:`lincompile.backends.c.write_c_sources`:
     a training graph's trainable parameters become inputs of the other graphs."""
-    graphs = dict(graphs)
-    trained = [v.name for t in graphs.values() if entry_name(t) == "train_step"
-               for v in t.inputs]
-    for name, g in graphs.items():
-        if entry_name(g) != "train_step":
-            graphs[name] = params_as_inputs(g, [p for p in trained if p in g.params])
     arch = arch or "sm_90"
-    files = _CudaSource(graphs, prefix, arch, GPU_TILES, init).files()
+    files = _CudaSource(share_trained(graphs), prefix, arch, GPU_TILES, init).files()
     files["Makefile"] = render(
         "cuda/Makefile.j2", None, version=__version__, file="model.cu", header="model.h",
         lib="libmodel.so", cpu_lib="libmodel_cpu.so", arch=arch,
         nvccflags=" ".join(NVCC_FLAGS), emuflags=" ".join(EMU_FLAGS[:2]))
-    files["cuda_cpu.h"] = (templates_dir() / "cuda" / "cuda_cpu.h").read_text()
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in files.items():
-        (out / name).write_text(text)
-        paths.append(out / name)
-    return paths
+    files["cuda_cpu.h"] = emulator_header()
+    return write_files(files, outdir)
+
+
+def emulator_header() -> str:
+    """templates/cuda/cuda_cpu.h, which every emulated build includes."""
+    return (templates_dir() / "cuda" / "cuda_cpu.h").read_text()
 
 
 # ------------------------------------------------------------------------ executables
@@ -444,10 +424,9 @@ def _current_stream(lib: str) -> int:
 # ------------------------------------------------------------------------ compile
 def _emu_library(src: _CudaSource) -> Path:
     """The GEMM/reduction library for the emulation, built once per tile configuration."""
-    header = (templates_dir() / "cuda" / "cuda_cpu.h").read_text()
     cmd = [cxx(), *EMU_LIB_FLAGS, "-fPIC", "-c", "-include", "cuda_cpu.h", "-x", "c++",
            "lc_kernels.cu", "-o", "lc_kernels.o"]
-    return build({"lc_kernels.cu": src.library() + "\n", "cuda_cpu.h": header}, cmd,
+    return build({"lc_kernels.cu": src.library() + "\n", "cuda_cpu.h": emulator_header()}, cmd,
                  "lc_kernels.o")
 
 
@@ -458,7 +437,7 @@ def compile_cpu(graph: Graph, prefix: str = "model",
     :data:`GPU_TILES` to emulate the exact GPU configuration (slower)."""
     src = _CudaSource({entry_name(graph): graph}, prefix, "sm_90", tiles or EMU_TILES)
     files = src.files()
-    files["cuda_cpu.h"] = (templates_dir() / "cuda" / "cuda_cpu.h").read_text()
+    files["cuda_cpu.h"] = emulator_header()
     lib = _emu_library(src)
     cmd = [cxx(), *EMU_FLAGS, "-fPIC", "-shared", "-include", "cuda_cpu.h",
            "-DLC_PREBUILT_KERNELS", "-x", "c++", "model.cu", "-x", "none", str(lib),
