@@ -26,7 +26,7 @@ from .base import Executable
 from .build import build, cache_dir, cc_line
 from .c_kernels import Context, CStep, emit, gemm_dims, gemm_routine, lower
 from .plan import Plan, Size, make_plan
-from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render
+from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
 
 DEFAULT_CFLAGS = ("-O3", "-march=native", "-std=c99")
 #: GEMM register/cache tiles (templates/c/gemm.c.j2), tuned on Zen 4 / AVX-512 with gcc 12.
@@ -47,17 +47,6 @@ def batch_symbol(graph: Graph) -> str | None:
         raise CompileError(f"graph '{graph.name}' has symbolic dims {sorted(syms)}; the C "
                            "backend takes one (the batch size N)")
     return next(iter(syms), None)
-
-
-def _wrap(head: str, args: Sequence[str]) -> str:
-    """``head`` + the comma-separated ``args`` + ``)``, wrapped under the parenthesis."""
-    lines, line = [], head
-    for a in args:
-        if len(line) + len(a) + 2 > 92 and line != head:
-            lines.append(line.rstrip())
-            line = " " * len(head)
-        line += a + ", "
-    return "\n".join([*lines, line[:-2] + ")"])
 
 
 def _dims(v: Value) -> str:
@@ -169,7 +158,7 @@ class _Source:
         args = ["long N"]
         args += [f"const {CTYPES[v.dtype].c} *in{i}" for i, v in enumerate(graph.inputs)]
         args += [f"{CTYPES[v.dtype].c} *out{j}" for j, v in enumerate(graph.outputs)]
-        return _wrap(f"{self.RETURNS} {self.prefix}_{name}(", [*args, *self.TRAILING])
+        return wrap_args(f"{self.RETURNS} {self.prefix}_{name}(", [*args, *self.TRAILING])
 
     def _doc(self, graph: Graph, plan: Plan) -> list[str]:
         sym = batch_symbol(graph)
@@ -199,7 +188,7 @@ class _Source:
             cid = self._const_data(data, f"initial value of '{v.name}'")
             lines.append(f"memcpy(in{i}, {cid}.v, {data.nbytes});   /* "
                          f"'{c_comment(v.name)}' */")
-        return {"signature": _wrap(f"void {self.prefix}_{name}_init(", args), "lines": lines,
+        return {"signature": wrap_args(f"void {self.prefix}_{name}_init(", args), "lines": lines,
                 "doc": "pass the same pointers as in" + ", in".join(str(i) for i, _ in state)}
 
     # -------------------------------------------------------------------- constants

@@ -178,12 +178,20 @@ def _common(v: Value, ctx: Context) -> dict[str, str]:
     return {"T": ct.c, "sfx": ct.sfx, "index": ctx.lang.index.format(n=_n(v))}
 
 
+def product(step: CStep) -> tuple[Node, bool, bool]:
+    """The linear/matmul node a GEMM step computes (the fused gradient, for ``sgd_gemm``)
+    and its transpose flags: Linear is ``X · Wᵀ``."""
+    n = step.grad or step.node
+    if n.op == "linear":
+        return n, False, True
+    return n, n.attrs["trans_a"], n.attrs["trans_b"]
+
+
 def gemm_routine(step: CStep) -> str | None:
     """The matrix-product routine a step calls (None if it calls none)."""
     if step.kernel not in ("linear", "matmul", "sgd_gemm"):
         return None
-    n = step.grad or step.node
-    ta, tb = (False, True) if n.op == "linear" else (n.attrs["trans_a"], n.attrs["trans_b"])
+    n, ta, tb = product(step)
     cols = n.inputs[1].shape[0] if tb else n.inputs[1].shape[1]
     if n.outputs[0].dtype == "float64":
         return "lc_dgemm_" + GEMMS[ta, tb]
@@ -195,29 +203,25 @@ def gemm_routine(step: CStep) -> str | None:
 def gemm_dims(step: CStep) -> tuple[str, str, str]:
     """M, N, K of the product a GEMM step computes, as C int expressions (batch: ``bn``);
     the workspace planner sizes the GEMM pack area from them."""
-    n = step.grad or step.node
-    ta, tb = (False, True) if n.op == "linear" else (n.attrs["trans_a"], n.attrs["trans_b"])
+    n, ta, tb = product(step)
     a, b = n.inputs[0].shape, n.inputs[1].shape
     m, k = (a[1], a[0]) if ta else (a[0], a[1])
     return _int(m), _int(b[0] if tb else b[1]), _int(k)
 
 
 def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
-    n, p = step.grad or step.node, ctx.ptr
+    p = ctx.ptr
+    n = product(step)[0]
     a, b = n.inputs[0], n.inputs[1]
     y = n.outputs[0] if step.grad else step.outputs[0]
-    if n.op == "linear":
-        ta, tb, bias = False, True, (p(n.inputs[2]) if len(n.inputs) > 2 else "NULL")
-    else:
-        ta, tb, bias = n.attrs["trans_a"], n.attrs["trans_b"], "NULL"
-    m, k = (a.shape[1], a.shape[0]) if ta else a.shape
-    cols = b.shape[0] if tb else b.shape[1]
+    bias = p(n.inputs[2]) if n.op == "linear" and len(n.inputs) > 2 else "NULL"
+    m, cols, k = gemm_dims(step)
     ct = CTYPES[y.dtype]
     gemm = gemm_routine(step)
-    d = {"gemm": gemm, "m": _int(m), "n": _int(cols), "k": _int(k),
+    d = {"gemm": gemm, "m": m, "n": cols, "k": k,
          "alpha": c_literal(1, ct), "beta": c_literal(0, ct),
          "a": p(a), "lda": _int(a.shape[1]), "b": p(b), "ldb": _int(b.shape[1]),
-         "c": p(y) if not step.grad else "", "ldc": _int(cols), "bias": bias,
+         "c": p(y) if not step.grad else "", "ldc": cols, "bias": bias,
          "act": str(ACTS[step.act.op]) if step.act else "0",
          "pack": "pack" if gemm.startswith("lc_gemm") else "NULL",
          "pad": " " * (len(gemm) + 1)}

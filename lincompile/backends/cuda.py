@@ -31,7 +31,7 @@ from .. import __version__
 from ..errors import CompileError
 from ..ir import Graph, Value
 from .base import Executable, check_feeds
-from .c import Entry, _Source, _wrap, entry_name, share_trained, write_files
+from .c import Entry, _Source, entry_name, share_trained, write_files
 from .c_kernels import CStep
 from .cuda_build import (
     CudaError,
@@ -46,7 +46,7 @@ from .cuda_build import (
     require_device,
 )
 from .cuda_kernels import CudaContext, emit_cuda, lower_cuda
-from .render import CTYPES, c_comment, render, templates_dir
+from .render import CTYPES, c_comment, render, templates_dir, wrap_args
 
 __all__ = ["CudaError", "compile", "compile_cpu", "gpu_available", "write_cuda_sources"]
 
@@ -145,7 +145,7 @@ class _CudaSource(_Source):
             lines.append(f"LC_CHECK(cudaGetSymbolAddress(&src, {cid}_data));")
             lines.append(f"LC_CHECK(cudaMemcpyAsync(in{i}, src, {data.nbytes}, "
                          f"cudaMemcpyDeviceToDevice, stream));   /* '{c_comment(v.name)}' */")
-        return {"signature": _wrap(f"cudaError_t {self.prefix}_{name}_init(",
+        return {"signature": wrap_args(f"cudaError_t {self.prefix}_{name}_init(",
                                    [*args, "cudaStream_t stream"]), "lines": lines,
                 "doc": "pass the same device pointers as in" + ", in".join(
                     str(i) for i, _ in state)}

@@ -22,9 +22,19 @@ from dataclasses import dataclass, field
 
 from ..errors import CompileError
 from ..ir import Graph, Value
-from .c_kernels import GEMMS, Context, CStep, _copy, _gemm, broadcast_strides, emit, lower
+from .c_kernels import (
+    GEMMS,
+    Context,
+    CStep,
+    _copy,
+    _gemm,
+    broadcast_strides,
+    emit,
+    lower,
+    product,
+)
 from .plan import Size
-from .render import CTYPES, CUDA, render
+from .render import CTYPES, CUDA, render, wrap_args
 
 #: Steps whose body is the shared C template, run one thread per element.
 NEUTRAL = ("activation", "activation_grad", "binary", "broadcast_to", "mse_grad", "sgd", "adam")
@@ -102,11 +112,6 @@ def _int(s: Size) -> str:
     return s.c() if s.power == 0 else f"(int)({s.c()})"
 
 
-def _wrap(head: str, args: list[str]) -> str:
-    from .c import _wrap as wrap
-    return wrap(head, args)
-
-
 def emit_cuda(name: str, step: CStep, ctx: CudaContext) -> Emitted:
     """The CUDA code of one step; ``name`` is the step's kernel name (``k<i>_<op>``)."""
     kernel = step.kernel
@@ -134,7 +139,7 @@ def _neutral(name: str, step: CStep, ctx: CudaContext) -> Emitted:
               for p, v in ctx.used.items()]
     n = Size.of_shape(step.outputs[0].shape)
     device = render("cuda/kernel.cu.j2", ctx.bytecode_dir, comment=step.comment(), body=body,
-                    signature=_wrap(f"{name}(", ["size_t bn", *params])).rstrip("\n")
+                    signature=wrap_args(f"{name}(", ["size_t bn", *params])).rstrip("\n")
     host = render("cuda/launch.cu.j2", ctx.bytecode_dir, kname=name, n=n.c(),
                   guard=n.power > 0 or n.coef == 0, args=", ".join(["bn", *ctx.used]))
     return Emitted([device], host.rstrip("\n"))
@@ -142,8 +147,7 @@ def _neutral(name: str, step: CStep, ctx: CudaContext) -> Emitted:
 
 def _gemm_call(step: CStep, ctx: CudaContext) -> str:
     d = _gemm(step, ctx)
-    n = step.grad or step.node
-    ta, tb = (False, True) if n.op == "linear" else (n.attrs["trans_a"], n.attrs["trans_b"])
+    n, ta, tb = product(step)
     if step.grad is not None:
         return render("cuda/sgd_gemm.cu.j2", ctx.bytecode_dir, **d, ta=str(ta).lower(),
                       tb=str(tb).lower(), lr=ctx.ptr(step.node.inputs[-1])).rstrip("\n")

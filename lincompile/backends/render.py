@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -212,3 +213,14 @@ def c_array_bits(data: np.ndarray) -> str:
     cells[:, width + 2:] = np.frombuffer(b"u, ", np.uint8)
     cells[7::8, -1] = ord("\n")
     return cells.tobytes().decode()[:-2]   # no separator after the last value
+
+
+def wrap_args(head: str, args: Sequence[str]) -> str:
+    """``head`` + the comma-separated ``args`` + ``)``, wrapped under the parenthesis."""
+    lines, line = [], head
+    for a in args:
+        if len(line) + len(a) + 2 > 92 and line != head:
+            lines.append(line.rstrip())
+            line = " " * len(head)
+        line += a + ", "
+    return "\n".join([*lines, line[:-2] + ")"])
