@@ -235,7 +235,7 @@ def info(a) -> int:
     import onnx
 
     graph = load(a.file)
-    proto = onnx.load(a.file, load_external_data=False)
+    proto = onnx.load(a.file, load_external_data=False)   # opset, producer, ONNX node types
     trainable, frozen, state = roles(graph)
     role = "training graph" if any(v.name == "loss" for v in graph.outputs) else "model"
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
@@ -263,10 +263,9 @@ def info(a) -> int:
     onnx_ops = Counter(n.op_type for n in proto.graph.node)
     print("ops: " + ", ".join(f"{k} ×{c}" for k, c in sorted(ops.items())))
     print("onnx nodes: " + ", ".join(f"{k} ×{c}" for k, c in sorted(onnx_ops.items())))
-    meta = {**{p.key: p.value for p in proto.metadata_props}, **graph.meta}
-    if meta:
+    if graph.meta:   # the file's metadata_props
         print("metadata:")
-        for k, v in sorted(meta.items()):
+        for k, v in sorted(graph.meta.items()):
             print(f"  {k} = {v}")
     return OK
 
