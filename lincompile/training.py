@@ -92,7 +92,7 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
                               f"(parameters: {', '.join(p for p in g.params)})")
     for f in frozen:
         g.params[f].trainable = False
-    pred = g.outputs[0]
+    pred, model_inputs = g.outputs[0], list(g.inputs)
     if "target" in g.values or "loss" in g.values or "lr" in g.values:
         raise LincompileError("the names 'target', 'loss' and 'lr' are reserved for the "
                               "training graph; rename those tensors of the model")
@@ -104,14 +104,13 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     params = g.trainable()
     if not params:
         raise LincompileError(f"model '{model.name}' has no trainable parameter")
-    model_inputs = g.inputs[:-1]
     for p in params:  # a trainable parameter becomes an input, its value the initial state
         g.initial_state[p.name] = g.params.pop(p.name).data
-        g.inputs.append(p)
     grads = append_grads(g, loss_v, params)
     g.meta.update({"lincompile.loss": loss, "lincompile.role": "training"})
 
     if optimizer is None:
+        g.inputs = [*model_inputs, target, *params]
         g.outputs += [grads[p.name] for p in params]
         g.meta["lincompile.optimizer"] = "none"
         return g.verify()
@@ -127,7 +126,7 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     if isinstance(optimizer, Adam):
         step = g.input("step", [], "int64")
         g.initial_state["step"] = np.zeros((), np.int64)
-    lr = g.input("lr", [], "float32" if pred.dtype == "float32" else pred.dtype)
+    lr = g.input("lr", [], pred.dtype)
     for p in params:
         state = state_in[p.name]
         extra = [step] if step is not None else []
