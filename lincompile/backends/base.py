@@ -17,6 +17,8 @@ class Executable:
     """A compiled graph: ``run(feeds) -> {output name: array}``, like onnxruntime's run."""
 
     target = "?"
+    #: take float64 feeds for float32 inputs (a backend that computes in float64)
+    wide_floats = False
 
     def __init__(self, graph: Graph):
         self.graph = graph
@@ -25,7 +27,7 @@ class Executable:
         self._labels = label_inputs(graph)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return self._run(check_feeds(self.graph, feeds, self._labels))
+        return self._run(check_feeds(self.graph, feeds, self._labels, self.wide_floats))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -46,10 +48,11 @@ def label_inputs(graph: Graph) -> dict[str, int]:
     return out
 
 
-def check_feeds(graph: Graph, feeds: Mapping[str, Any],
-                labels: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+def check_feeds(graph: Graph, feeds: Mapping[str, Any], labels: dict[str, int] | None = None,
+                wide_floats: bool = False) -> dict[str, np.ndarray]:
     """Check names, dtypes and shapes of ``feeds`` against the graph inputs; bind symbolic
-    dims consistently. Returns C-contiguous arrays (copies only where needed)."""
+    dims consistently. Returns C-contiguous arrays (copies only where needed).
+    ``wide_floats`` also takes float64 arrays for float32 inputs, as they are."""
     if not isinstance(feeds, Mapping):
         raise FeedError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
     want = {v.name: v for v in graph.inputs}
@@ -68,7 +71,8 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any],
         if isinstance(a, (bool, int, float)) and v.shape == ():
             a = np.array(a, dtype=v.dtype)  # Python scalars take the input's dtype
         a = np.asarray(a)
-        if str(a.dtype) != v.dtype:
+        if str(a.dtype) != v.dtype and not (wide_floats and v.dtype == "float32"
+                                            and a.dtype == np.float64):
             raise FeedError(f"feed '{name}' has dtype {a.dtype}, expected {v.dtype} "
                             f"(use .astype(np.{v.dtype}))")
         if a.ndim != len(v.shape):

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..ir import Graph
 from ..ops import get_op
-from .base import Executable, check_feeds
+from .base import Executable
 
 
 class ReferenceExecutable(Executable):
@@ -17,24 +17,14 @@ class ReferenceExecutable(Executable):
     def __init__(self, graph: Graph, dtype: str | None = None):
         super().__init__(graph)
         self.dtype = np.dtype(dtype) if dtype else None
+        # a float64 training loop feeds its float64 outputs back as float32 inputs
+        self.wide_floats = self.dtype == np.float64
         self.params = {k: self._cast(p.data) for k, p in graph.params.items()}
 
     def _cast(self, a: np.ndarray) -> np.ndarray:
         if self.dtype is not None and a.dtype.kind == "f":
             return a.astype(self.dtype)
         return a
-
-    def run(self, feeds):
-        """As Executable.run; in float64 mode float64 feeds are taken for float32 inputs
-        too, so a float64 training loop can feed its outputs back."""
-        if self.dtype != np.float64 or not isinstance(feeds, dict):
-            return super().run(feeds)
-        f32 = {v.name for v in self.graph.inputs if v.dtype == "float32"}
-        wide = {k: a for k, a in feeds.items()
-                if k in f32 and isinstance(a, np.ndarray) and a.dtype == np.float64}
-        checked = check_feeds(self.graph, {**feeds, **{k: a.astype(np.float32)
-                                                       for k, a in wide.items()}}, self._labels)
-        return self._run({**checked, **wide})
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = {**self.params, **{k: self._cast(v) for k, v in feeds.items()}}
