@@ -14,6 +14,7 @@ from onnx import helper
 
 from ..backends.onnx_builder import DOMAIN
 from ..ir import Value
+from ..ops import OPS
 from .onnx_import import Const, Importer
 
 #: What an import function returns: the node's output value(s), or None (see above).
@@ -191,13 +192,9 @@ def softmax_cross_entropy(imp: Importer, node: onnx.NodeProto) -> Result:
 
 
 # ------------------------------------------------------------------ lincompile functions
-#: lincompile's model-local functions (``backends/onnx_builder``) → their IR op.
-FUNCTIONS = {
-    "ReluGrad": "relu_grad", "SigmoidGrad": "sigmoid_grad", "TanhGrad": "tanh_grad",
-    "MSELoss": "mse", "MSELossGrad": "mse_grad",
-    "SoftmaxCrossEntropyGrad": "softmax_cross_entropy_grad", "ExpandLike": "broadcast_to",
-    "SGD": "sgd", "SGDMomentum": "sgd", "Adam": "adam", "AdamW": "adamw",
-}
+#: lincompile's model-local functions (``backends/onnx_builder``) → their IR op, as each
+#: op declares them (``OpDef.onnx_functions``).
+FUNCTIONS = {f: op.name for op in OPS.values() for f in op.onnx_functions}
 
 
 def _float(f: float) -> float:

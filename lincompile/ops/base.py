@@ -28,7 +28,9 @@ class OpDef:
     ``grad`` has one rule per input, ``None`` where no gradient flows; a rule is
     ``rule(g, dy, *inputs, y=output, **attrs) -> Value`` and builds IR nodes in ``g``.
     ``grad=None`` as a whole means the op is not differentiable at all.
-    ``onnx(b, ins, outs, **attrs)`` emits the ONNX nodes (see ``backends/onnx_builder``).
+    ``onnx(b, ins, outs, **attrs)`` emits the ONNX nodes (see ``backends/onnx_builder``);
+    ``onnx_functions`` names the ``lincompile.*`` local functions it may call, which the
+    importer maps back to this op.
     ``domains`` hints what random feeds suit each input ("label", "nonneg", "count",
     "positive"), for validation.
     """
@@ -41,6 +43,7 @@ class OpDef:
     onnx: Callable[..., None] | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     kernel: str | None = None
+    onnx_functions: tuple[str, ...] = ()
     domains: tuple[str | None, ...] = ()
     doc: str = ""
 

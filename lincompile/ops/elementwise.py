@@ -69,6 +69,7 @@ def _activation(name, onnx_op, forward, backward_ref, backward_body, doc):
     grad_op = register(OpDef(
         f"{name}_grad", ("dy", "y"), _grad_infer, backward_ref,
         onnx=lambda b, ins, outs: b.call(f"{onnx_op}Grad", ins, outs, backward_body),
+        onnx_functions=(f"{onnx_op}Grad",),
         kernel="activation_grad", doc=f"d{name}: dx from dOut and the output y",
     ))
     fwd = register(OpDef(

@@ -43,6 +43,7 @@ mse_grad = register(OpDef(
     "mse_grad", ("dloss", "pred", "target"), _mse_grad_infer,
     lambda dloss, pred, target: (dloss * 2 / pred.size * (pred - target)).astype(pred.dtype),
     onnx=lambda b, ins, outs: b.call("MSELossGrad", ins, outs, _mse_grad_body),
+    onnx_functions=("MSELossGrad",),
     kernel="mse_grad", doc="dloss · 2 (pred − target) / numel",
 ))
 
@@ -53,6 +54,7 @@ mse = register(OpDef(
           lambda g, dy, pred, target, **_: g.mul(g.apply("mse_grad", [dy, pred, target]),
                                                  g.const(np.array(-1, pred.dtype)))),
     onnx=lambda b, ins, outs: b.call("MSELoss", ins, outs, _mse_body),
+    onnx_functions=("MSELoss",),
     kernel="mse", doc="mean((pred − target)²) over all elements",
 ))
 
@@ -113,6 +115,7 @@ def _sce_grad_body(f):
 sce_grad = register(OpDef(
     "softmax_cross_entropy_grad", ("dloss", "logits", "labels"), _sce_grad_infer, _sce_grad_ref,
     onnx=lambda b, ins, outs: b.call("SoftmaxCrossEntropyGrad", ins, outs, _sce_grad_body),
+    onnx_functions=("SoftmaxCrossEntropyGrad",),
     kernel="softmax_cross_entropy_grad", domains=(None, None, "label"),
     doc="dloss · (softmax(logits) − onehot(labels)) / N",
 ))

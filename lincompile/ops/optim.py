@@ -53,7 +53,8 @@ def _sgd_onnx(b, ins, outs, *, momentum, weight_decay):
 
 sgd = register(OpDef(
     "sgd", ("param", "grad", "velocity?", "lr"), _sgd_infer, _sgd_ref, onnx=_sgd_onnx,
-    attrs={"momentum": 0.0, "weight_decay": 0.0}, kernel="sgd",
+    onnx_functions=("SGD", "SGDMomentum"), attrs={"momentum": 0.0, "weight_decay": 0.0},
+    kernel="sgd",
     domains=(None, None, None, "positive"),
     doc="g = grad + wd·p; v = momentum·v + g; p −= lr·v",
 ))
@@ -115,6 +116,7 @@ def _adam_op(name, fn, decoupled, wd):
         lambda *a, **k: _adam_ref(*a, **k, decoupled=decoupled),
         onnx=lambda b, ins, outs, **attrs: b.call(
             fn, ins, outs, lambda f: _adam_body(f, decoupled), **attrs),
+        onnx_functions=(fn,),
         attrs={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": wd}, kernel="adam",
         domains=(None, None, None, "nonneg", "count", "positive"),
         doc=f"torch.optim.{fn} update",

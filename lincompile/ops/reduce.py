@@ -61,6 +61,7 @@ broadcast_to = register(OpDef(
     lambda v, like: np.broadcast_to(v, like.shape).copy(),
     grad=(lambda g, dy, v, like, **_: unbroadcast(g, dy, v), None),
     onnx=lambda b, ins, outs: b.call("ExpandLike", ins, outs, _expand_like_body),
+    onnx_functions=("ExpandLike",),
     kernel="broadcast_to",
     doc="v broadcast to the shape of like (same rank, 1s where v is repeated)",
 ))
