@@ -70,6 +70,7 @@ def run(epochs: int = 10, optimizer: str = "adam", out: str | Path = "lincompile
     train_path = save_onnx(train, out / "digits_mlp_train.onnx")
     session = ort.InferenceSession(str(train_path), providers=["CPUExecutionProvider"])
     state_names = list(train.initial_state)
+    out_names = [o.name for o in session.get_outputs()]
     state = dict(train.initial_state)
     lr_feed = np.array(float(train.meta["lincompile.lr"]), np.float32)
 
@@ -88,7 +89,7 @@ def run(epochs: int = 10, optimizer: str = "adam", out: str | Path = "lincompile
         for b in range(n_batches):
             idx = order[b * batch_size:(b + 1) * batch_size]
             feeds = {"x": x_train[idx], "target": y_train[idx], "lr": lr_feed, **state}
-            outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+            outs = dict(zip(out_names, session.run(out_names, feeds)))
             state = {k: outs[f"{k}.next"] for k in state_names}
             total += float(outs["loss"]) * len(idx)
             if live:
