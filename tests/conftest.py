@@ -36,3 +36,14 @@ def target(request) -> str:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the ONNX conformance summary (when its cases ran) after the progress lines."""
+    import sys
+
+    mod = sys.modules.get("test_onnx_conformance")
+    line = mod.summary() if mod is not None else None
+    if line:
+        terminalreporter.write_sep("-", "ONNX conformance")
+        terminalreporter.write_line(line)

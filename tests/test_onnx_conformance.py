@@ -4,8 +4,8 @@ The cases are built in memory by ``onnx.backend.test.loader.load_model_tests(kin
 (onnx ≥ 1.23 ships no ``backend/test/data/node`` on disk). Every case of the op families
 below is either in scope (run on every target, compared with the case's expected outputs)
 or listed out of scope with a reason (and then must be rejected with a clear error, never
-imported into a different computation). The module prints the summary line
-``onnx node tests: P passed, F failed, S out of scope`` at the end of its tests.
+imported into a different computation). The summary line
+``onnx node tests: P passed, F failed, S out of scope`` is printed at the end of the pytest run.
 """
 
 from __future__ import annotations
@@ -103,16 +103,15 @@ def node_cases() -> dict:
     return {c.name: c for c in cases if FAMILY.match(c.name)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def summary_line(request):
-    """Print the conformance summary after this module's tests, even under capture."""
-    yield
-    line = (f"onnx node tests: {RESULTS['passed']} passed, {RESULTS['failed']} failed, "
+def summary() -> str | None:
+    """The conformance summary, once this module's cases have run (printed by the
+    ``pytest_terminal_summary`` hook in conftest.py, after the progress lines)."""
+    if not RESULTS["passed"] + RESULTS["failed"]:
+        return None
+    return (f"ONNX conformance on targets {', '.join(TARGETS)}: passed/failed count case × "
+            f"target pairs ({len(IN_SCOPE)} cases), out of scope counts cases\n"
+            f"onnx node tests: {RESULTS['passed']} passed, {RESULTS['failed']} failed, "
             f"{len(OUT_OF_SCOPE)} out of scope")
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    with capman.global_and_fixture_disabled():
-        print(f"\nONNX conformance on targets {', '.join(TARGETS)}: passed/failed count "
-              f"case × target pairs ({len(IN_SCOPE)} cases), out of scope counts cases\n{line}")
 
 
 def run_case(case, target: str) -> None:
