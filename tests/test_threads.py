@@ -140,3 +140,154 @@ def test_bound_c_calls_in_threads_do_not_share_a_workspace():
 
     run_threads(work, len(bounds))
     assert not errors, errors[:3]
+
+
+# ------------------------------------------------------------------ emulator resources
+def map_count() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+def test_many_cuda_cpu_libraries_keep_few_memory_maps(tmp_path):
+    """40 distinct emulated libraries loaded and run in one process (copies of one build:
+    each copy is a separate library to the dynamic loader) add a few memory maps each,
+    not one per fiber stack (the kernel caps a process's maps: vm.max_map_count)."""
+    from lincompile.backends.cuda import CudaCpuExecutable
+
+    graph = graphs("cuda-cpu")["train"]
+    exe = lc.compile(graph, "cuda-cpu")
+    feeds = lc.random_feeds(graph, 7, 0)
+    want = exe.run(feeds)
+    base = map_count()
+    keep = []
+    for i in range(40):
+        path = tmp_path / f"lib{i}.so"
+        path.write_bytes(exe.path.read_bytes())
+        keep.append(CudaCpuExecutable(graph, path, exe.entry, "model"))
+        assert same("cuda-cpu", keep[-1].run(feeds), want)
+    grown = map_count() - base
+    assert grown <= 40 * 16, f"40 emulated libraries added {grown} memory maps"
+
+
+STACK_SRC = r"""
+__device__ void deep(char* out) {
+    volatile char buf[48 * 1024];        /* more than the 32 KiB stack below */
+    for (int i = 0; i < (int)sizeof buf; ++i) buf[i] = (char)i;
+    *out = buf[100];
+}
+__global__ void greedy(char* out) { if (threadIdx.x == 1) deep(out); }
+int main() {
+    char c = 0;
+    LC_LAUNCH(greedy, dim3(1), dim3(2), 0, (cudaStream_t)0)(&c);
+    printf("kernel returned\n");
+    return 0;
+}
+"""
+
+
+def test_emulated_fiber_stack_overflow_is_reported(tmp_path):
+    """Fiber stacks share one mapping: a thread that overflows its stack is caught by the
+    canary at its end (or the guard page below the first stack), never run on silently."""
+    import shutil
+    import subprocess
+
+    from lincompile.backends.cuda import emulator_header
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: cannot build the emulator test program")
+    (tmp_path / "cuda_cpu.h").write_text(emulator_header())
+    (tmp_path / "stack.cpp").write_text(STACK_SRC)
+    subprocess.run(["g++", "-std=c++20", "-O0", "-DLC_EMU_STACK_SIZE=32768", "-include",
+                    "cuda_cpu.h", "stack.cpp", "-o", "stack"], cwd=tmp_path, check=True)
+    p = subprocess.run([str(tmp_path / "stack")], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "kernel returned" not in p.stdout
+    assert "FIBER STACK OVERFLOW" in p.stderr and "greedy" in p.stderr, p.stderr
+
+
+# ------------------------------------------------------------ threads= and workspace sizes
+@pytest.mark.parametrize("bad", [0, -1, 1025, 2**62, 2**63 - 1, True, False, 2.0, "2", None])
+def test_threads_outside_1_to_1024_is_a_compile_error(bad, tmp_path):
+    from lincompile.backends.c import write_c_sources
+
+    g = mlp((3, 2))
+    for make in (lambda: lc.compile(g, "c", threads=bad),
+                 lambda: write_c_sources({"forward": g}, tmp_path, threads=bad)):
+        with pytest.raises(lc.CompileError) as e:
+            make()
+        assert "threads must be an int from 1 to 1024" in str(e.value)
+        assert "\n" not in str(e.value)
+
+
+def empty_feature_graph() -> lc.Graph:
+    """Its only input is [N, 0] and its output a scalar, so a batch of 2^50 costs no memory
+    to feed or return, while its hidden layer needs 16 KiB of workspace per row."""
+    g = lc.Graph("wide")
+    x = g.input("x", ["N", 0])
+    h = g.tanh(g.linear(g.reduce_sum(x, axes=[1], keepdims=True), 4096, name="fc"))
+    g.output(g.reduce_sum(h), "y")
+    return g
+
+
+@pytest.mark.parametrize("target", ["c", "cuda-cpu"])
+def test_workspace_size_never_wraps(target):
+    """Python knows the exact largest batch whose workspace fits 2^62 bytes: the generated
+    ``*_workspace_size`` returns exactly the planned size there and SIZE_MAX above it, and
+    ``run`` refuses a larger batch with a FeedError before anything is allocated."""
+    import numpy as np
+
+    g = empty_feature_graph()
+    exe = lc.compile(g, target)
+    m = exe.entry.max_n
+    per_row = sum(s.coef for s in exe.plan.slots)
+    assert per_row >= 4096 * 4
+    # the most: within a row (and the bound taken for the C GEMM's pack area) of 2^62
+    assert 2**62 - 8 * 2**20 < exe._ws_size(m) + per_row and exe._ws_size(m) <= 2**62
+    assert exe._ws_size(m + 1) == exe._ws_size(2**63 - 1) == 2**64 - 1
+    for n in (m + 1, 2**60):
+        with pytest.raises(lc.FeedError, match="more than 2\\^62 bytes"):
+            exe.run({"x": np.empty((n, 0), np.float32)})
+    feeds = {"x": np.empty((5, 0), np.float32)}
+    ref = lc.compile(g, "reference", dtype="float64").run(feeds)["y"]
+    assert np.allclose(exe.run(feeds)["y"], ref, rtol=1e-5)
+
+
+def test_a_batch_whose_workspace_size_would_wrap_is_refused_without_a_crash(tmp_path):
+    """A batch N ≤ 2^60 chosen so that the workspace's byte count, computed modulo 2^64 as
+    C's size_t does, wraps to a few bytes: code given that workspace would write far beyond
+    it (a subprocess, so a crash fails the test instead of killing pytest)."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import numpy as np, lincompile as lc
+        from test_threads import empty_feature_graph
+        exe = lc.compile(empty_feature_graph(), "c")
+        assert all(s.power <= 1 for s in exe.plan.slots)
+        row = 64 * sum(s.coef for s in exe.plan.slots if s.power)   # per 64 rows, aligned
+        two = (row & -row).bit_length() - 1
+        mod = 2 ** (64 - two)
+        inv = pow(row >> two, -1, mod)
+        n = next(64 * m for m in (r * inv % mod for r in range(1, 10000))
+                 if 2**40 <= 64 * m <= 2**60)   # row * n / 64 = 2^two * r  (mod 2^64)
+        assert (row * (n // 64)) % 2**64 < 2**30
+        try:
+            exe.run({{"x": np.empty((n, 0), np.float32)}})
+        except lc.FeedError as e:
+            print("FeedError", e)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and p.stdout.startswith("FeedError"), (p.returncode, p.stderr)
+
+
+def test_a_tensor_too_large_for_any_workspace_is_a_compile_error():
+    g = lc.Graph("huge")
+    big = g.input("big", [2**32, 2**32])
+    g.output(g.tanh(g.tanh(big)))   # the inner tanh needs a 2^66-byte workspace slot
+    for target in ("c", "cuda-cpu"):
+        with pytest.raises(lc.CompileError, match="more than 2\\^62"):
+            lc.compile(g, target)

@@ -24,7 +24,7 @@ from .. import __version__
 from ..errors import CompileError, FeedError
 from ..ir import Graph, Value
 from .base import Executable
-from .build import build, cache_dir, cc_line
+from .build import build, bytecode_dir, cc_line, load_library
 from .c_kernels import Context, CStep, emit, gemm_dims, gemm_routine, lower
 from .plan import Plan, Size, make_plan
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
@@ -109,7 +109,7 @@ class _Source:
                  threads: int, init: bool = False):
         self.prefix = c_ident(prefix)
         self.cflags, self.threads = list(cflags), check_threads(threads)
-        self.bytecode = str(cache_dir() / "jinja")
+        self.bytecode = bytecode_dir()
         self.consts: dict[tuple, dict] = {}   # (dtype, bytes) -> template view of a param
         self.entries = [self._entry(c_ident(name, "entry name"), g, init)
                         for name, g in graphs.items()]
@@ -287,6 +287,7 @@ def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str
     program can evaluate the weights it trains. ``init`` adds ``<prefix>_<entry>_init``
     functions that fill a training step's state with its initial values.
     """
+    threads = check_threads(threads)
     cflags = list(DEFAULT_CFLAGS if cflags is None else cflags)
     if threads > 1 and "-fopenmp" not in cflags:
         cflags.append("-fopenmp")
@@ -378,7 +379,7 @@ class CExecutable(Executable):
     def __init__(self, graph: Graph, lib_path: Path, entry: Entry, prefix: str):
         super().__init__(graph)
         self.path, self.entry, self.plan = lib_path, entry, entry.plan
-        self.lib = ctypes.CDLL(str(lib_path))
+        self.lib = load_library(lib_path)
         self._fn = getattr(self.lib, f"{prefix}_{entry.name}")
         self._fn.restype = None
         self._fn.argtypes = [ctypes.c_long] + [ctypes.c_void_p] * (

@@ -32,6 +32,7 @@ from .. import __version__
 from ..errors import CompileError
 from ..ir import Graph, Value
 from .base import Executable, check_feeds
+from .build import load_library
 from .c import (
     Entry,
     Workspaces,
@@ -216,7 +217,7 @@ class _CudaExecutable(Executable):
         super().__init__(graph)
         self.path, self.entry, self.plan = lib_path, entry, entry.plan
         self.entry_name = f"{prefix}_{entry.name}"
-        self.lib = ctypes.CDLL(str(lib_path))
+        self.lib = load_library(lib_path)
         self._fn = getattr(self.lib, self.entry_name)
         self._fn.restype = ctypes.c_int
         self._fn.argtypes = [ctypes.c_long] + [ctypes.c_void_p] * (
