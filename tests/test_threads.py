@@ -10,23 +10,31 @@ crash.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import mlp
 
 import lincompile as lc
+from lincompile.backends.cuda import gpu_available
 
-#: (target, compile options); "c" also with 2 OpenMP threads inside each call
+#: (target, compile options); "c" also with 2 OpenMP threads inside each call; the GPU
+#: target too where there is one
 CPU_TARGETS = [("reference", {}), ("onnx", {}), ("c", {}), ("c", {"threads": 2}),
                ("cuda-cpu", {})]
+TARGETS = CPU_TARGETS + ([("cuda", {})] if gpu_available() else [])
 BATCHES = (1, 7, 64, 130)
 THREADS = 8
 SECONDS = 0.5       # each thread calls until then (at least MIN_ROUNDS times)
 MIN_ROUNDS = 3
-EXACT = ("c", "cuda-cpu")
+EXACT = ("c", "cuda-cpu", "cuda")   # generated code: deterministic, so bitwise equal
 
 
 def graphs(target: str = "c") -> dict[str, lc.Graph]:
@@ -95,9 +103,9 @@ def run_threads(work, n: int) -> None:
 
 
 @pytest.mark.parametrize("kind", ["forward", "train"])
-@pytest.mark.parametrize("target,options", CPU_TARGETS,
+@pytest.mark.parametrize("target,options", TARGETS,
                          ids=[t + "".join(f"-{k}{v}" for k, v in o.items())
-                              for t, o in CPU_TARGETS])
+                              for t, o in TARGETS])
 def test_one_executable_from_8_threads_equals_serial(target, options, kind):
     graph = graphs(target)[kind]
     exe = lc.compile(graph, target, **options)
@@ -188,9 +196,6 @@ int main() {
 def test_emulated_fiber_stack_overflow_is_reported(tmp_path):
     """Fiber stacks share one mapping: a thread that overflows its stack is caught by the
     canary at its end (or the guard page below the first stack), never run on silently."""
-    import shutil
-    import subprocess
-
     from lincompile.backends.cuda import emulator_header
 
     if shutil.which("g++") is None:
@@ -233,8 +238,6 @@ def test_workspace_size_never_wraps(target):
     """Python knows the exact largest batch whose workspace fits 2^62 bytes: the generated
     ``*_workspace_size`` returns exactly the planned size there and SIZE_MAX above it, and
     ``run`` refuses a larger batch with a FeedError before anything is allocated."""
-    import numpy as np
-
     g = empty_feature_graph()
     exe = lc.compile(g, target)
     m = exe.entry.max_n
@@ -255,11 +258,6 @@ def test_a_batch_whose_workspace_size_would_wrap_is_refused_without_a_crash(tmp_
     """A batch N ≤ 2^60 chosen so that the workspace's byte count, computed modulo 2^64 as
     C's size_t does, wraps to a few bytes: code given that workspace would write far beyond
     it (a subprocess, so a crash fails the test instead of killing pytest)."""
-    import subprocess
-    import sys
-    import textwrap
-    from pathlib import Path
-
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})

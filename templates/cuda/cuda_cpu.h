@@ -37,9 +37,9 @@
  *    detected.
  *  - Host threads: every piece of emulator state (shared memory, the fiber
  *    scheduler and stacks, threadIdx/blockIdx/..., the last error) is per OS
- *    thread, so launches from different host threads run concurrently and
- *    never share anything (like separate streams on a GPU, each its own
- *    device).  Device memory they both use is the caller's business.
+ *    thread, so launches from different host threads run at the same time
+ *    without sharing any of it.  Device memory they both use is the caller's
+ *    business, as on a GPU.
  *  - atomicAdd/atomicSub/atomicExch/atomicMax/atomicMin/atomicCAS (int,
  *    unsigned, float, double where CUDA has them): fibers never interleave
  *    inside one, and they are also atomic across OS threads.
