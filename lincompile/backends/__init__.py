@@ -23,6 +23,10 @@ TARGETS = tuple(BACKENDS)
 def compile(graph: Graph, target: str = "reference", **options: Any) -> Executable:
     """Compile ``graph`` for ``target`` (one of :data:`TARGETS`).
 
+    The executable's ``run`` may be called from several threads at once. The C and CUDA
+    targets build through a verified on-disk cache (``$LINCOMPILE_CACHE``, see
+    ``lincompile cache info``).
+
     >>> import lincompile as lc, numpy as np
     >>> g = lc.Graph("m"); x = g.input("x", ["N", 2]); _ = g.output(g.relu(x))
     >>> lc.compile(g, "onnx").run({"x": np.array([[-1, 2]], np.float32)})["relu"]

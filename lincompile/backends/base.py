@@ -27,6 +27,11 @@ class Executable:
         self._labels = label_inputs(graph)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The graph's outputs for ``feeds`` (input name -> array), checked first.
+
+        Safe to call from several threads at once, on every target: calls never share
+        scratch memory (each thread has its own workspace) and give the same results as
+        the same calls made one after another."""
         return self._run(check_feeds(self.graph, feeds, self._labels, self.wide_floats))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

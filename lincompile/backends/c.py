@@ -13,6 +13,7 @@ with; :func:`write_c_sources` writes that pair plus a Makefile for use outside P
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import CompileError
+from ..errors import CompileError, FeedError
 from ..ir import Graph, Value
 from .base import Executable
-from .build import build, cache_dir, cc_line
+from .build import build, bytecode_dir, cc_line, load_library
 from .c_kernels import Context, CStep, emit, gemm_dims, gemm_routine, lower
 from .plan import Plan, Size, make_plan
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
@@ -33,6 +34,41 @@ DEFAULT_CFLAGS = ("-O3", "-march=native", "-std=c99")
 #: direct_max_m: nn/tn products with at most this many rows read B in place (no copy).
 TILES = {"mr": 6, "nr": 64, "kc": 512, "mc": 1536, "nc": 192, "direct_max_m": 256}
 ACT_OPS = ("relu", "sigmoid", "tanh")
+#: OpenMP threads a generated C library may use inside one call
+MAX_THREADS = 1024
+#: bytes of workspace above which a batch is refused (far beyond any memory; below 2^64, so
+#: sizes computed from it in C's size_t cannot wrap)
+MAX_WORKSPACE = 2**62
+#: a C ``long``: the largest batch N that the entry points can be passed
+LONG_MAX = 2**63 - 1
+
+
+def check_threads(threads: object) -> int:
+    """``threads`` as an int in 1…:data:`MAX_THREADS`, else a CompileError."""
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not (
+            1 <= threads <= MAX_THREADS):
+        raise CompileError(f"threads must be an int from 1 to {MAX_THREADS}, got {threads!r}")
+    return int(threads)
+
+
+def max_batch(graph: Graph, sizes: Sequence[Size], extra: int = 0) -> int:
+    """The largest batch N whose workspace (each of ``sizes`` in bytes rounded up to 64,
+    plus ``extra``) stays within :data:`MAX_WORKSPACE`, computed exactly; a size that
+    cannot fit at N = 1 is a CompileError (its C constant would not fit a size_t)."""
+    align = lambda b: -(-b // 64) * 64
+    total = lambda n: extra + sum(align(s.coef * n ** s.power) for s in sizes)
+    big = [s for s in sizes if s.coef > MAX_WORKSPACE]
+    if big or total(1) > MAX_WORKSPACE:
+        what = f"{big[0].coef} bytes" if big else f"{total(1)} bytes at N = 1"
+        raise CompileError(f"graph '{graph.name}' needs a workspace of {what}, more than "
+                           f"2^62; make its tensors smaller")
+    lo, hi = 1, LONG_MAX   # total(lo) fits; find the last n that does
+    if total(hi) <= MAX_WORKSPACE:
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if total(mid) <= MAX_WORKSPACE else (lo, mid)
+    return lo
 
 
 def entry_name(graph: Graph) -> str:
@@ -63,6 +99,7 @@ class Entry:
     plan: Plan
     params: list[str]          # parameter tensor names, by plan index
     text: dict                 # the template's view of it
+    max_n: int = LONG_MAX      # the largest batch whose workspace size fits (max_batch)
 
 
 class _Source:
@@ -71,8 +108,8 @@ class _Source:
     def __init__(self, graphs: Mapping[str, Graph], prefix: str, cflags: Sequence[str],
                  threads: int, init: bool = False):
         self.prefix = c_ident(prefix)
-        self.cflags, self.threads = list(cflags), int(threads)
-        self.bytecode = str(cache_dir() / "jinja")
+        self.cflags, self.threads = list(cflags), check_threads(threads)
+        self.bytecode = bytecode_dir()
         self.consts: dict[tuple, dict] = {}   # (dtype, bytes) -> template view of a param
         self.entries = [self._entry(c_ident(name, "entry name"), g, init)
                         for name, g in graphs.items()]
@@ -128,7 +165,11 @@ class _Source:
         layout = ([f"sizeof(float) * LC_THREADS * {pack}"] if base else []) + [
             s.c() for s in plan.slots]
         text = self._text(name, graph, plan, ptr, init, layout=layout, decls=decls, steps=body)
-        return Entry(name, graph, steps, plan, params, text)
+        # at most this many pack bytes, whatever the product (gemm.c.j2's lc_gemm_pack_floats)
+        k = TILES["kc"]
+        most = 4 * self.threads * (-(-TILES["mc"] * k // 16) + -(-TILES["nc"] * k // 16)) * 16
+        return Entry(name, graph, steps, plan, params, text,
+                     max_batch(graph, plan.slots, most + 64 if base else 0))
 
     # the language's part of an entry point: its return type, its trailing arguments, and
     # how an output that is another tensor's value gets copied
@@ -209,6 +250,12 @@ class _Source:
         return self.consts[key]["id"]
 
     # -------------------------------------------------------------------- files
+    def max_n(self) -> int | None:
+        """The largest batch every entry's workspace fits (None: any ``long``): above it
+        ``<prefix>_workspace_size`` returns SIZE_MAX instead of a wrapped size."""
+        n = min(e.max_n for e in self.entries)
+        return None if n >= LONG_MAX else n
+
     def files(self) -> dict[str, str]:
         routines = {gemm_routine(s) or "" for e in self.entries for s in e.steps}
         uses = lambda prefix: any(r.startswith(prefix) for r in routines)
@@ -222,7 +269,7 @@ class _Source:
         dgemm = render("c/dgemm.c.j2", self.bytecode) if uses("lc_dgemm") else ""
         c = render("c/model.c.j2", self.bytecode, **common, gemm=gemm.rstrip("\n"),
                    small=small.rstrip("\n"), dgemm=dgemm.rstrip("\n"),
-                   params=list(self.consts.values()),
+                   params=list(self.consts.values()), max_n=self.max_n(),
                    max_layout=max(len(e.text["layout"]) for e in self.entries))
         h = render("c/model.h.j2", self.bytecode, **common,
                    guard=f"LC_{self.prefix.upper()}_H")
@@ -240,6 +287,7 @@ def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str
     program can evaluate the weights it trains. ``init`` adds ``<prefix>_<entry>_init``
     functions that fill a training step's state with its initial values.
     """
+    threads = check_threads(threads)
     cflags = list(DEFAULT_CFLAGS if cflags is None else cflags)
     if threads > 1 and "-fopenmp" not in cflags:
         cflags.append("-fopenmp")
@@ -280,36 +328,81 @@ def params_as_inputs(graph: Graph, names: Sequence[str]) -> Graph:
 
 
 # ------------------------------------------------------------------------ executable
+class Workspaces:
+    """Host workspaces, one per calling thread, so concurrent ``run`` calls never share
+    scratch memory. Each is grown for a larger batch and otherwise reused: no allocation
+    per call, and a thread's buffer goes away with the thread (or the executable)."""
+
+    def __init__(self, size: Callable[[int], int], align: int, what: str):
+        self._size, self._align, self._what = size, align, what
+        self._local = threading.local()
+
+    def address(self, n: int) -> int:
+        """The ``align``-ed address of this thread's workspace, big enough for batch ``n``."""
+        loc = self._local
+        if getattr(loc, "n", None) == n:
+            return loc.addr
+        need = self._size(n) + self._align
+        buf = getattr(loc, "buf", None)
+        if buf is None or buf.size < need:
+            loc.buf = buf = allocate(need, self._what, n)
+        addr = buf.ctypes.data
+        loc.n, loc.addr = n, addr + (-addr % self._align)
+        return loc.addr
+
+
+def allocate(nbytes: int, what: str, n: int) -> np.ndarray:
+    """``nbytes`` of host memory for a workspace; out of memory is a FeedError."""
+    try:
+        return np.empty(nbytes, np.uint8)
+    except MemoryError:
+        raise FeedError(f"{what}: batch N={n} needs {nbytes / 2**30:.1f} GiB of workspace, "
+                        "more than this machine can allocate; use a smaller batch") from None
+
+
+def check_batch(n: int, max_n: int, what: str) -> None:
+    """Refuse a batch whose workspace size would pass :data:`MAX_WORKSPACE`."""
+    if n > max_n:
+        raise FeedError(f"{what}: batch N={n} needs a workspace of more than 2^62 bytes "
+                        f"(the most is N={max_n}); use a smaller batch")
+
+
 class CExecutable(Executable):
-    """A generated C library run through ctypes (one call per ``run``)."""
+    """A generated C library run through ctypes (one call per ``run``).
+
+    Thread safety: ``run`` may be called from several threads at once; each thread has a
+    workspace of its own (grown for a larger batch, never allocated per call), and the
+    generated code keeps no global state. A :class:`Bound` has its own workspace too."""
 
     target = "c"
 
     def __init__(self, graph: Graph, lib_path: Path, entry: Entry, prefix: str):
         super().__init__(graph)
         self.path, self.entry, self.plan = lib_path, entry, entry.plan
-        self.lib = ctypes.CDLL(str(lib_path))
+        self.lib = load_library(lib_path)
         self._fn = getattr(self.lib, f"{prefix}_{entry.name}")
         self._fn.restype = None
         self._fn.argtypes = [ctypes.c_long] + [ctypes.c_void_p] * (
             len(graph.inputs) + len(graph.outputs) + 1)
         self._ws_size = self.lib[f"{prefix}_workspace_size"]
         self._ws_size.restype, self._ws_size.argtypes = ctypes.c_size_t, [ctypes.c_long]
-        self._ws = np.empty(0, np.uint8)
+        self._what = f"graph '{graph.name}' on target {self.target}"
+        self._ws = Workspaces(self.workspace_size, 64, self._what)
         self._sym = batch_symbol(graph)
 
     def source(self) -> str:
         """The generated C file."""
         return (self.path.parent / "model.c").read_text()
 
+    def workspace_size(self, n: int) -> int:
+        """Bytes of workspace the entry point needs at batch ``n`` (a FeedError when that
+        passes 2^62)."""
+        check_batch(n, self.entry.max_n, self._what)
+        return int(self._ws_size(n))
+
     def workspace(self, n: int) -> int:
-        """The address of a 64-byte aligned workspace for batch ``n`` (grown, never per
-        step: it is allocated again only for a larger batch)."""
-        need = int(self._ws_size(n)) + 64
-        if self._ws.size < need:
-            self._ws = np.empty(need, np.uint8)
-        addr = self._ws.ctypes.data
-        return addr + (-addr % 64)
+        """The address of this thread's 64-byte aligned workspace for batch ``n``."""
+        return self._ws.address(n)
 
     def batch(self, feeds: Mapping[str, np.ndarray]) -> int:
         for v in self.graph.inputs:
@@ -320,6 +413,7 @@ class CExecutable(Executable):
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = self.batch(feeds)
+        ws = self.workspace(n)   # first: refuses a batch too large before allocating outputs
         ins = [np.require(feeds[v.name], requirements=["C", "A"]) for v in self.graph.inputs]
         outs = {}
         for v in self.graph.outputs:   # poisoned: an output the code forgets stays NaN
@@ -327,13 +421,16 @@ class CExecutable(Executable):
             outs[v.name] = np.full(shape, np.nan if v.dtype != "int64" else np.iinfo(
                 np.int64).min, v.dtype)
         self._fn(n, *(a.ctypes.data for a in ins),
-                 *(outs[v.name].ctypes.data for v in self.graph.outputs), self.workspace(n))
+                 *(outs[v.name].ctypes.data for v in self.graph.outputs), ws)
         return outs
 
     def bind(self, feeds: Mapping[str, np.ndarray], inplace: bool = True) -> Bound:
         """Buffers for repeated runs at one batch size: ``bound()`` is one ctypes call on
         precomputed pointers. With ``inplace`` each ``X.next`` output shares ``X``'s
-        buffer (where the header allows it), so calling ``bound()`` again trains on."""
+        buffer (where the header allows it), so calling ``bound()`` again trains on.
+        A binding has its own buffers and workspace: different bindings may be called
+        from different threads at once (one binding from two threads at once would share
+        its outputs)."""
         return Bound(self, feeds, inplace)
 
 
@@ -346,6 +443,7 @@ class Bound:
         g = exe.graph
         feeds = check_feeds(g, feeds, exe._labels)
         self.n = n = exe.batch(feeds)
+        self._ws = allocate(exe.workspace_size(n) + 64, exe._what, n)
         self.inputs = {v.name: np.array(feeds[v.name], order="C") for v in g.inputs}
         alias = dict(exe.plan.inplace) if inplace else {}
         self.outputs = {}
@@ -357,9 +455,9 @@ class Bound:
                 self.outputs[v.name] = np.zeros(shape, v.dtype)
         ptrs = [a.ctypes.data for a in self.inputs.values()]
         ptrs += [self.outputs[v.name].ctypes.data for v in g.outputs]
+        ws = self._ws.ctypes.data
         self._call = exe._fn
-        self._args = (n, *ptrs, exe.workspace(n))
-        self._keep = exe._ws   # the workspace stays alive with the binding
+        self._args = (n, *ptrs, ws + (-ws % 64))
 
     def __call__(self) -> None:
         self._call(*self._args)
@@ -369,11 +467,11 @@ def compile(graph: Graph, threads: int = 1, cflags: Sequence[str] | None = None,
             prefix: str = "model") -> CExecutable:
     """Generate, build (or fetch from the cache) and load the C code of ``graph``.
 
-    ``cflags`` replaces the default ``-O3 -march=native -std=c99``; ``threads > 1`` adds
-    ``-fopenmp`` and runs the GEMMs on that many threads (results identical to 1 thread).
+    ``cflags`` replaces the default ``-O3 -march=native -std=c99``; ``threads`` (1 to 1024)
+    above 1 adds ``-fopenmp`` and runs the GEMMs on that many threads (results identical
+    to 1 thread). The executable may be called from several threads at once.
     """
-    if not isinstance(threads, int) or threads < 1:
-        raise CompileError(f"threads must be an int ≥ 1, got {threads!r}")
+    threads = check_threads(threads)
     flags = list(DEFAULT_CFLAGS if cflags is None else cflags)
     if threads > 1 and "-fopenmp" not in flags:
         flags.append("-fopenmp")

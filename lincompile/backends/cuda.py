@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import shlex
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,17 @@ from .. import __version__
 from ..errors import CompileError
 from ..ir import Graph, Value
 from .base import Executable, check_feeds
-from .c import Entry, _Source, entry_name, share_trained, write_files
+from .build import load_library
+from .c import (
+    Entry,
+    Workspaces,
+    _Source,
+    check_batch,
+    entry_name,
+    max_batch,
+    share_trained,
+    write_files,
+)
 from .c_kernels import CStep
 from .cuda_build import (
     CudaError,
@@ -125,7 +136,7 @@ class _CudaSource(_Source):
             body.append({"comment": s.comment(), "code": em.host})
         text = self._text(name, graph, plan, ptr, init, layout=[s.c() for s in plan.slots],
                           decls=decls, steps=body, kernels=kernels)
-        return Entry(name, graph, steps, plan, params, text)
+        return Entry(name, graph, steps, plan, params, text, max_batch(graph, plan.slots))
 
     RETURNS = "cudaError_t"
     TRAILING = ("void *workspace", "cudaStream_t stream")
@@ -168,7 +179,7 @@ class _CudaSource(_Source):
         uses_lib = kernels & {"linear", "matmul", "sgd_gemm", "reduce_sum"}
         cu = render("cuda/model.cu.j2", self.bytecode, **common, block=self.tiles["block"],
                     library=self.library() if uses_lib else "",
-                    max_parts=256, params=list(self.consts.values()),
+                    max_parts=256, params=list(self.consts.values()), max_n=self.max_n(),
                     max_layout=max(len(e.text["layout"]) for e in self.entries))
         h = render("cuda/model.h.j2", self.bytecode, **common,
                    guard=f"LC_{self.prefix.upper()}_H")
@@ -197,19 +208,29 @@ def emulator_header() -> str:
 
 # ------------------------------------------------------------------------ executables
 class _CudaExecutable(Executable):
-    """Shared by both targets: the loaded library, its entry point, the workspace size."""
+    """Shared by both targets: the loaded library, its entry point, the workspace size.
+
+    Thread safety: ``run`` may be called from several threads at once (each thread has
+    workspaces of its own)."""
 
     def __init__(self, graph: Graph, lib_path: Path, entry: Entry, prefix: str):
         super().__init__(graph)
         self.path, self.entry, self.plan = lib_path, entry, entry.plan
         self.entry_name = f"{prefix}_{entry.name}"
-        self.lib = ctypes.CDLL(str(lib_path))
+        self.lib = load_library(lib_path)
         self._fn = getattr(self.lib, self.entry_name)
         self._fn.restype = ctypes.c_int
         self._fn.argtypes = [ctypes.c_long] + [ctypes.c_void_p] * (
             len(graph.inputs) + len(graph.outputs) + 2)
         self._ws_size = self.lib[f"{prefix}_workspace_size"]
         self._ws_size.restype, self._ws_size.argtypes = ctypes.c_size_t, [ctypes.c_long]
+        self._what = f"graph '{graph.name}' on target {self.target}"
+
+    def workspace_size(self, n: int) -> int:
+        """Bytes of workspace the entry point needs at batch ``n`` (a FeedError when that
+        passes 2^62)."""
+        check_batch(n, self.entry.max_n, self._what)
+        return int(self._ws_size(n))
 
     def source(self) -> str:
         """The generated CUDA file."""
@@ -234,25 +255,24 @@ class _CudaExecutable(Executable):
 
 class CudaCpuExecutable(_CudaExecutable):
     """The generated CUDA run on the CPU by the emulator (``target="cuda-cpu"``): device
-    pointers are host pointers, so numpy arrays are passed as they are."""
+    pointers are host pointers, so numpy arrays are passed as they are. Calls from
+    different threads run concurrently: each thread has its own workspace, and the
+    emulator keeps all its state (shared memory, fibers, error state) per OS thread."""
 
     target = "cuda-cpu"
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._ws = np.empty(0, np.uint8)
+        self._ws = Workspaces(self.workspace_size, 256, self._what)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = self.batch(feeds)
+        ws = self._ws.address(n)
         ins = [np.require(feeds[v.name], requirements=["C", "A"]) for v in self.graph.inputs]
         outs = {}
         for v in self.graph.outputs:   # poisoned: an output the code forgets stays NaN
             outs[v.name] = np.full(self.shape(v, n), np.nan if v.dtype != "int64" else np.iinfo(
                 np.int64).min, v.dtype)
-        need = int(self._ws_size(n)) + 256
-        if self._ws.size < need:
-            self._ws = np.empty(need, np.uint8)
-        ws = self._ws.ctypes.data + (-self._ws.ctypes.data % 256)
         self._call(n, [a.ctypes.data for a in ins] + [outs[v.name].ctypes.data
                                                        for v in self.graph.outputs],
                    ws, 0, lambda c: f"{EMU_ERRORS.get(c, 'error')} (cudaError {c})")
@@ -265,41 +285,32 @@ class CudaExecutable(_CudaExecutable):
     ``run(feeds)`` takes numpy arrays (copied to the device and the outputs back), or CUDA
     tensors of torch or cupy (anything with ``__cuda_array_interface__``): those are used in
     place, the outputs are allocated by the same library on the same device, and the work
-    is enqueued on that library's current stream without waiting for it."""
+    is enqueued on that library's current stream without waiting for it.
+
+    Thread safety: ``run`` may be called from several threads at once. Each thread has
+    device buffers of its own (workspace, and inputs/outputs of numpy feeds), kept for its
+    next call and freed when the thread ends or the executable goes away."""
 
     target = "cuda"
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._bufs: dict[str, tuple[int, int]] = {}   # name -> (device pointer, bytes)
-
-    def __del__(self):
-        try:
-            rt = cudart()
-            for p, _ in self._bufs.values():
-                rt.cudaFree(ctypes.c_void_p(p))
-        except Exception:   # interpreter shutdown, no runtime: nothing to free
-            pass
+        self._local = threading.local()   # .bufs: this thread's _DeviceBuffers
 
     def _buffer(self, name: str, nbytes: int) -> int:
-        """A device buffer of at least ``nbytes``, kept for the next run."""
-        p, size = self._bufs.get(name, (0, 0))
-        if size < max(nbytes, 1):
-            rt = cudart()
-            if p:
-                check(rt.cudaFree(ctypes.c_void_p(p)), "cudaFree")
-            ptr = ctypes.c_void_p()
-            check(rt.cudaMalloc(ctypes.byref(ptr), max(nbytes, 256)), f"cudaMalloc({nbytes})")
-            p, size = ptr.value, max(nbytes, 256)
-            self._bufs[name] = (p, size)
-        return p
+        """This thread's device buffer ``name`` of at least ``nbytes``, kept for the next
+        run."""
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None:
+            bufs = self._local.bufs = _DeviceBuffers()
+        return bufs.get(name, nbytes)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         require_device(self.entry_name)
         if not any(hasattr(a, "__cuda_array_interface__") for a in feeds.values()):
             return super().run(feeds)
         n, ptrs, outs, lib = self._device_args(feeds, inplace=False)
-        ws = self._buffer("workspace", int(self._ws_size(n)))
+        ws = self._buffer("workspace", self.workspace_size(n))
         self._call(n, ptrs, ws, _current_stream(lib), error_string)
         return outs
 
@@ -334,6 +345,7 @@ class CudaExecutable(_CudaExecutable):
         like = next(iter(device.values()))
         lib = type(like).__module__.split(".")[0]
         n = self.batch(checked)
+        check_batch(n, self.entry.max_n, self._what)
         ptrs = []
         for v in self.graph.inputs:
             if v.name in device:
@@ -357,6 +369,7 @@ class CudaExecutable(_CudaExecutable):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rt = cudart()
         n = self.batch(feeds)
+        ws = self._buffer("workspace", self.workspace_size(n))
         ptrs = []
         for v in self.graph.inputs:
             a = np.require(feeds[v.name], requirements=["C"])
@@ -368,7 +381,6 @@ class CudaExecutable(_CudaExecutable):
             p = self._buffer("out:" + v.name, outs[v.name].nbytes)
             check(rt.cudaMemset(p, 0xFF, outs[v.name].nbytes), "cudaMemset")
             ptrs.append(p)
-        ws = self._buffer("workspace", int(self._ws_size(n)))
         self._call(n, ptrs, ws, 0, error_string)
         check(rt.cudaDeviceSynchronize(), f"{self.entry_name} (running)")
         for j, v in enumerate(self.graph.outputs):
@@ -378,13 +390,42 @@ class CudaExecutable(_CudaExecutable):
         return outs
 
 
+class _DeviceBuffers:
+    """Named device buffers of one thread (name -> (pointer, bytes)), grown on demand and
+    freed when this object goes (with its thread, or with its executable)."""
+
+    def __init__(self):
+        self.bufs: dict[str, tuple[int, int]] = {}
+
+    def get(self, name: str, nbytes: int) -> int:
+        p, size = self.bufs.get(name, (0, 0))
+        if size < max(nbytes, 1):
+            rt = cudart()
+            if p:
+                del self.bufs[name]
+                check(rt.cudaFree(ctypes.c_void_p(p)), "cudaFree")
+            ptr = ctypes.c_void_p()
+            check(rt.cudaMalloc(ctypes.byref(ptr), max(nbytes, 256)), f"cudaMalloc({nbytes})")
+            p, size = ptr.value, max(nbytes, 256)
+            self.bufs[name] = (p, size)
+        return p
+
+    def __del__(self):
+        try:
+            rt = cudart()
+            for p, _ in self.bufs.values():
+                rt.cudaFree(ctypes.c_void_p(p))
+        except Exception:   # interpreter shutdown, no runtime: nothing to free
+            pass
+
+
 class BoundCuda:
     """Pre-bound device buffers of a :class:`CudaExecutable` (see its ``bind``)."""
 
     def __init__(self, exe: CudaExecutable, n: int, ptrs: list[int], outputs: dict,
                  lib: str):
         self.exe, self.n, self.outputs, self.lib = exe, n, outputs, lib
-        size = max(int(exe._ws_size(n)), 256)
+        size = max(exe.workspace_size(n), 256)
         ws = ctypes.c_void_p()
         check(cudart().cudaMalloc(ctypes.byref(ws), size), f"cudaMalloc({size})")
         self._ws = ws.value

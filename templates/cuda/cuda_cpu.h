@@ -19,9 +19,10 @@
  *    for a template kernel with several template arguments use a function
  *    pointer variable (`auto k = kern<A, B>; LC_LAUNCH(k, ...)(...)`), which
  *    also works with <<<>>> under nvcc.
- *  - Every CUDA thread of a block is a cooperative fiber (POSIX ucontext,
- *    stacks mmap'ed once per OS thread with a guard page, reused across
- *    launches; size LC_EMU_STACK_SIZE, default 128 KiB).  Fibers run in
+ *  - Every CUDA thread of a block is a cooperative fiber (POSIX ucontext;
+ *    a block's stacks are one mapping per OS thread, guard page below, a
+ *    canary checked at each stack's end, reused across launches and freed
+ *    when the OS thread exits; size LC_EMU_STACK_SIZE, default 128 KiB).  Fibers run in
  *    thread-id order; each runs until it reaches __syncthreads() or returns.
  *    __syncthreads() is therefore a REAL barrier: no thread passes it before
  *    every thread of the block has arrived.  A block in which some threads
@@ -29,10 +30,16 @@
  *    __syncthreads) aborts with a clear message, as does (by default) a round
  *    in which threads wait at different __syncthreads() call sites (define
  *    LC_EMU_ALLOW_DIVERGENT_BARRIER to allow the latter).
- *  - __shared__ variables are function-local `static` storage: correct
- *    because exactly one block runs at a time.  Their contents persist from
- *    one block / launch to the next (on a GPU they are undefined), so reading
- *    shared memory before writing it is NOT detected.
+ *  - __shared__ variables are function-local `static thread_local` storage:
+ *    correct because exactly one block runs at a time in each OS thread.
+ *    Their contents persist from one block / launch to the next (on a GPU
+ *    they are undefined), so reading shared memory before writing it is NOT
+ *    detected.
+ *  - Host threads: every piece of emulator state (shared memory, the fiber
+ *    scheduler and stacks, threadIdx/blockIdx/..., the last error) is per OS
+ *    thread, so launches from different host threads run at the same time
+ *    without sharing any of it.  Device memory they both use is the caller's
+ *    business, as on a GPU.
  *  - atomicAdd/atomicSub/atomicExch/atomicMax/atomicMin/atomicCAS (int,
  *    unsigned, float, double where CUDA has them): fibers never interleave
  *    inside one, and they are also atomic across OS threads.
@@ -120,7 +127,7 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static
+#define __shared__ static thread_local
 #define __constant__
 /* __restrict__ is a GCC/Clang keyword already. */
 
@@ -202,56 +209,58 @@ struct Fiber {
     int bar_line;
 };
 
-/* Per-OS-thread scheduler state; stacks are allocated once and reused. */
+/* Per-OS-thread scheduler state. The fiber stacks of a block are one mapping, reused from
+   launch to launch and freed when the OS thread exits: [guard page][stack 0][stack 1]...
+   One mapping (not one per stack) keeps the process's memory-map count small however many
+   emulated libraries and threads it has (the kernel caps it, vm.max_map_count). A stack
+   that overflows runs into the guard page (stack 0) or its neighbour's canary, which is
+   checked after every block. */
+static const uint64_t CANARY = 0x6c635f656d755f21ull; /* "!_ume_cl" */
+
 struct Runner {
     ucontext_t sched;
-    Fiber* fibers = nullptr;    /* n_fibers of them */
-    void** stacks = nullptr;    /* base of each mapping (guard page first), n_stacks */
-    int n_fibers = 0, n_stacks = 0;
-    size_t stack_bytes = 0;
+    Fiber* fibers = nullptr;    /* n_stacks of them */
+    char* region = nullptr;     /* the mapping: a guard page, then n_stacks stacks */
+    size_t region_bytes = 0, stack_bytes = 0;
+    int n_stacks = 0;
     int cur = -1;
     bool active = false;
     void (*body)(void*) = nullptr;
     void* arg = nullptr;
 
-    ~Runner() {
-        for (int i = 0; i < n_stacks; ++i) munmap(stacks[i], stack_bytes + page());
-        free(stacks);
-        free(fibers);
-    }
+    ~Runner() { release(); }
     static size_t page() {
         static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
         return p;
     }
-    void ensure(int n) {
-        if (stack_bytes == 0) {
-            size_t p = page();
-            stack_bytes = ((size_t)LC_EMU_STACK_SIZE + p - 1) / p * p;
-        }
-        if (n_stacks < n) {
-            void** s = (void**)realloc(stacks, sizeof(void*) * (size_t)n);
-            Fiber* f = (Fiber*)realloc(fibers, sizeof(Fiber) * (size_t)n);
-            if (!s || !f) {
-                fprintf(stderr, "lc_emu: cannot allocate fiber table\n");
-                abort();
-            }
-            stacks = s;
-            fibers = f;
-            n_fibers = n;
-        }
-        while (n_stacks < n) {
-            size_t total = stack_bytes + page();
-            void* m = mmap(nullptr, total, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            if (m == MAP_FAILED) {
-                fprintf(stderr, "lc_emu: cannot allocate fiber stack\n");
-                abort();
-            }
-            mprotect(m, page(), PROT_NONE); /* guard page: stack overflow -> SIGSEGV */
-            stacks[n_stacks++] = m;
-        }
+    void release() {
+        if (region) munmap(region, region_bytes);
+        free(fibers);
+        region = nullptr;
+        fibers = nullptr;
+        region_bytes = 0;
+        n_stacks = 0;
     }
-    char* stack_lo(int t) const { return (char*)stacks[t] + page(); }
+    void ensure(int n) {
+        if (n <= n_stacks) return;
+        release(); /* never called while fibers run: run_grid checks `active` first */
+        const size_t p = page();
+        stack_bytes = ((size_t)LC_EMU_STACK_SIZE + p - 1) / p * p;
+        fibers = (Fiber*)malloc(sizeof(Fiber) * (size_t)n);
+        region_bytes = p + stack_bytes * (size_t)n;
+        void* m = mmap(nullptr, region_bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (!fibers || m == MAP_FAILED) {
+            fprintf(stderr, "lc_emu: cannot allocate %d fiber stacks\n", n);
+            abort();
+        }
+        mprotect(m, p, PROT_NONE); /* guard page: stack 0 overflowing -> SIGSEGV */
+        region = (char*)m;
+        n_stacks = n;
+        for (int t = 0; t < n; ++t) memcpy(stack_lo(t), &CANARY, sizeof CANARY);
+    }
+    char* stack_lo(int t) const { return region + page() + stack_bytes * (size_t)t; }
+    bool overflowed(int t) const { return memcmp(stack_lo(t), &CANARY, sizeof CANARY) != 0; }
 };
 
 static inline Runner& runner() {
@@ -305,7 +314,15 @@ static inline void run_block(Runner& R, const char* kname, int nt) {
             if (R.fibers[t].state == FiberState::Done) ++done;
             else { ++waiting; if (first_wait < 0) first_wait = t; }
         }
-        if (done == nt) return;
+        if (done == nt) {
+            for (int t = 0; t < nt; ++t)
+                if (R.overflowed(t))
+                    fatal("lc_emu: FIBER STACK OVERFLOW in kernel '%s', block (%ld,%ld,%ld): thread %ld "
+                          "used more than its %ld bytes of stack (%s:%d); build with a larger "
+                          "-DLC_EMU_STACK_SIZE.\n", kname, blockIdx.x, blockIdx.y, blockIdx.z, t,
+                          (long)R.stack_bytes, __FILE__, __LINE__);
+            return;
+        }
         const Fiber& w = R.fibers[first_wait];
         if (done != 0) {
             fatal("lc_emu: BARRIER DEADLOCK in kernel '%s', block (%ld,%ld,%ld): %ld thread(s) exited "
