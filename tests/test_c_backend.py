@@ -244,7 +244,9 @@ def test_cache_hit_in_a_fresh_process_is_fast(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                            text=True, check=True).stdout.split() for _ in range(2)]
     assert runs[0][1] == runs[1][1]   # the same content-addressed library
-    assert float(runs[1][0]) < 0.1, f"cache hit took {float(runs[1][0]) * 1e3:.0f} ms"
+    # a hit is no build: a small fraction of the first (building) run, whatever the load
+    build_s, hit_s = float(runs[0][0]), float(runs[1][0])
+    assert hit_s < build_s / 4, f"cache hit {hit_s * 1e3:.0f} ms, build {build_s * 1e3:.0f} ms"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
 
