@@ -1,8 +1,8 @@
 /*
  * cuda_cpu.h -- run lincompile's CUDA kernel sources unchanged on the CPU.
  *
- * Compiled by nvcc (__CUDACC__ defined) this header only defines LC_LAUNCH
- * and otherwise stays out of the way.  Compiled by a plain C++ compiler
+ * Compiled by nvcc (__CUDACC__ defined) this header only defines LC_LAUNCH and
+ * the tensor-core wrappers at its end (inline PTX), and otherwise stays out of the way.  Compiled by a plain C++ compiler
  * (g++ -std=c++17/20, e.g. `g++ -include cuda_cpu.h kernels.cu.cpp`) it
  * provides a small, deterministic emulation of the CUDA execution model:
  *
@@ -23,7 +23,8 @@
  *    a block's stacks are one mapping per OS thread, guard page below, a
  *    canary checked at each stack's end, reused across launches and freed
  *    when the OS thread exits; size LC_EMU_STACK_SIZE, default 128 KiB).  Fibers run in
- *    thread-id order; each runs until it reaches __syncthreads() or returns.
+ *    thread-id order, warp by warp; each runs until it reaches __syncthreads(), a warp
+ *    collective that its warp has not completed yet, or returns.
  *    __syncthreads() is therefore a REAL barrier: no thread passes it before
  *    every thread of the block has arrived.  A block in which some threads
  *    have exited while others wait at a barrier (barrier deadlock / divergent
@@ -40,6 +41,19 @@
  *    thread, so launches from different host threads run at the same time
  *    without sharing any of it.  Device memory they both use is the caller's
  *    business, as on a GPU.
+ *  - Warps: threads t = 32w .. 32w+31 of a block (linear thread id) form warp w.  Warp
+ *    collectives are warp-scoped barriers of the scheduler: each lane named in the mask
+ *    publishes its operand and waits; the last to arrive computes every lane's result and
+ *    all continue.  __shfl_sync, __shfl_up_sync, __shfl_down_sync, __shfl_xor_sync (PTX
+ *    shfl.sync semantics, width 1..32), __ballot_sync, __any_sync, __all_sync, __syncwarp,
+ *    and the tensor-core building blocks at the end of this file (mma.sync m16n8k8 tf32 and
+ *    m16n8k16 bf16, ldmatrix, cp.async groups, tf32/bf16 conversion) plus __nv_bfloat16.
+ *    A collective that cannot complete (a lane of its mask exited or waits at
+ *    __syncthreads) aborts with WARP DEADLOCK; lanes that wait at different collectives
+ *    with overlapping masks abort with DIVERGENT WARP COLLECTIVE; reading a lane outside
+ *    the mask aborts.  Lanes a partial last warp does not have are dropped from masks.
+ *    cp.async copies are made at the cp.async.wait_group that covers them (or when the
+ *    thread exits), so shared memory read before the wait shows the old contents.
  *  - atomicAdd/atomicSub/atomicExch/atomicMax/atomicMin/atomicCAS (int,
  *    unsigned, float, double where CUDA has them): fibers never interleave
  *    inside one, and they are also atomic across OS threads.
@@ -54,10 +68,10 @@
  *    are dummies: everything is synchronous.
  *
  * WHAT IS NOT MODELLED
- *  - Warps: there is no warp-synchronous execution, no lock-step, and no warp
- *    intrinsics (__shfl*_sync, __ballot_sync, __syncwarp, ...) -- using one
- *    is a compile error rather than a silently wrong result.  Code that relies
- *    on implicit warp synchronicity without __syncwarp is wrong on GPUs too.
+ *  - Implicit warp synchronicity: lanes of a warp do not run in lock-step; only the warp
+ *    collectives above synchronize them (code that relies on lock-step without __syncwarp
+ *    is wrong on GPUs too).  __activemask, __match_*_sync, __reduce_*_sync are absent
+ *    (a compile error rather than a silently wrong result).
  *  - Concurrency between blocks (blocks are sequential, so inter-block races
  *    and inter-block spin-waits are not reproduced; a spin-wait deadlocks).
  *  - Within a block, threads only interleave at __syncthreads(): a missing
@@ -66,8 +80,8 @@
  *    that a GPU could exhibit may go unnoticed.
  *  - The memory model (fences are plain fences, no caches), dynamic shared
  *    memory (`extern __shared__`; the shmem argument is ignored), __constant__
- *    / texture memory, cooperative groups, dynamic parallelism, clusters,
- *    tensor cores, streams/events ordering, float rounding differences (no
+ *    / texture memory, cooperative groups, dynamic parallelism, clusters, wgmma/TMA,
+ *    streams/events ordering, float rounding differences (no
  *    forced FMA contraction; nvcc contracts a*b+c into fma by default).
  *  - Resource limits other than block/grid dims (registers, shared memory
  *    size) and out-of-bounds checks (use ASan-free builds; fibers and ASan do
@@ -200,13 +214,37 @@ static inline cudaError_t set_error(cudaError_t e) {
     abort();
 }
 
-enum class FiberState : unsigned char { Ready, AtBarrier, Done };
+enum class FiberState : unsigned char { Ready, AtBarrier, AtWarp, Done };
+
+/* A warp collective: when every lane of `mask` waits at one with the same function and mask,
+   the last lane to arrive calls fn(data, mask) once for all of them (data[lane]: what each
+   lane published, nullptr outside the mask), then all continue. */
+typedef void (*WarpFn)(void* const* data, unsigned mask);
+
+#ifndef LC_EMU_MAX_ASYNC
+#define LC_EMU_MAX_ASYNC 64   /* cp.async copies one thread may have in flight */
+#endif
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes, src_bytes;
+    long group;               /* -1 until cp.async.commit_group */
+};
 
 struct Fiber {
     ucontext_t ctx;
     FiberState state;
     const char* bar_file;
     int bar_line;
+    /* at a warp collective */
+    unsigned warp_mask;
+    WarpFn warp_fn;
+    void* warp_data;
+    const char* warp_what;
+    /* cp.async copies issued and not yet waited for, in issue order */
+    int n_async;
+    long groups;              /* cp.async groups committed so far */
+    AsyncCopy async[LC_EMU_MAX_ASYNC];
 };
 
 /* Per-OS-thread scheduler state. The fiber stacks of a block are one mapping, reused from
@@ -268,9 +306,27 @@ static inline Runner& runner() {
     return r;
 }
 
+/* Performs the thread's pending cp.async copies of groups < `upto` (all, uncommitted too, for
+   upto < 0), in issue order: the copy happens at the wait, so a read of shared memory before
+   the wait sees the old contents, as it may on a GPU. */
+static inline void async_complete(Fiber& f, long upto) {
+    int kept = 0;
+    for (int i = 0; i < f.n_async; ++i) {
+        AsyncCopy& c = f.async[i];
+        if (upto < 0 || (c.group >= 0 && c.group < upto)) {
+            if (c.src_bytes) memcpy(c.dst, c.src, c.src_bytes);
+            if (c.bytes > c.src_bytes) memset((char*)c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+        } else {
+            f.async[kept++] = c;
+        }
+    }
+    f.n_async = kept;
+}
+
 static void fiber_main() {
     Runner& R = runner();
     R.body(R.arg);
+    async_complete(R.fibers[R.cur], -1);   /* copies still in flight land all the same */
     R.fibers[R.cur].state = FiberState::Done;
     /* returning resumes R.sched through uc_link */
 }
@@ -300,18 +356,49 @@ static inline void run_block(Runner& R, const char* kname, int nt) {
         f.state = FiberState::Ready;
         f.bar_file = nullptr;
         f.bar_line = 0;
+        f.warp_fn = nullptr;
+        f.n_async = 0;
+        f.groups = 0;
     }
     for (long round = 0;; ++round) {
-        for (int t = 0; t < nt; ++t) {
-            Fiber& f = R.fibers[t];
-            if (f.state != FiberState::Ready) continue;
-            R.cur = t;
-            threadIdx = uint3{(unsigned)t % bx, ((unsigned)t / bx) % by, (unsigned)t / (bx * by)};
-            swapcontext(&R.sched, &f.ctx);
+        /* Warp by warp: run its ready lanes until each waits at __syncthreads(), has exited,
+           or waits at a warp collective that cannot complete yet (a collective completed by
+           its last lane makes the others ready again, hence the inner loop). */
+        for (int w0 = 0; w0 < nt; w0 += 32) {
+            const int w1 = w0 + 32 < nt ? w0 + 32 : nt;
+            for (bool ran = true; ran;) {
+                ran = false;
+                for (int t = w0; t < w1; ++t) {
+                    Fiber& f = R.fibers[t];
+                    if (f.state != FiberState::Ready) continue;
+                    R.cur = t;
+                    threadIdx = uint3{(unsigned)t % bx, ((unsigned)t / bx) % by, (unsigned)t / (bx * by)};
+                    swapcontext(&R.sched, &f.ctx);
+                    ran = true;
+                }
+            }
         }
         int waiting = 0, done = 0, first_wait = -1;
         for (int t = 0; t < nt; ++t) {
-            if (R.fibers[t].state == FiberState::Done) ++done;
+            const Fiber& f = R.fibers[t];
+            if (f.state == FiberState::AtWarp) {
+                /* a lane of its mask has exited or waits at __syncthreads(): never completes */
+                const int w0 = t - t % 32;
+                int other = -1;
+                for (int l = 0; l < 32 && w0 + l < nt; ++l)
+                    if ((f.warp_mask >> l & 1u) && R.fibers[w0 + l].state != FiberState::AtWarp) other = w0 + l;
+                fprintf(stderr,
+                        "lc_emu: WARP DEADLOCK in kernel '%s', block (%u,%u,%u): thread %d waits at %s "
+                        "(mask 0x%08x, %s:%d) but thread %d of that mask %s. Every lane named in a "
+                        "warp collective's mask must reach it.\n",
+                        kname, blockIdx.x, blockIdx.y, blockIdx.z, t, f.warp_what, f.warp_mask,
+                        f.bar_file, f.bar_line, other,
+                        other < 0 ? "is missing"
+                        : R.fibers[other].state == FiberState::Done ? "has exited" : "waits at __syncthreads()");
+                fflush(stderr);
+                abort();
+            }
+            if (f.state == FiberState::Done) ++done;
             else { ++waiting; if (first_wait < 0) first_wait = t; }
         }
         if (done == nt) {
@@ -346,6 +433,57 @@ static inline void run_block(Runner& R, const char* kname, int nt) {
 #endif
         for (int t = 0; t < nt; ++t) R.fibers[t].state = FiberState::Ready;
     }
+}
+
+/* Lane `R.cur` arrives at a warp collective (see WarpFn). Lanes named in `mask` that the
+   block does not have (a partial last warp) are left out, as exited threads are on a GPU. */
+static inline void warp_collective(unsigned mask, void* data, WarpFn fn, const char* what,
+                                   const char* file, int line) {
+    Runner& R = runner();
+    if (!R.active) {
+        fprintf(stderr, "lc_emu: %s called outside of a kernel (%s:%d)\n", what, file, line);
+        abort();
+    }
+    const int t = R.cur, lane = t % 32, w0 = t - lane;
+    const int nt = (int)(blockDim.x * blockDim.y * blockDim.z);
+    const int nl = nt - w0 < 32 ? nt - w0 : 32;
+    if (!(mask >> lane & 1u)) {
+        fprintf(stderr, "lc_emu: %s: thread %d (lane %d) is not in its own mask 0x%08x (%s:%d)\n",
+                what, t, lane, mask, file, line);
+        abort();
+    }
+    if (nl < 32) mask &= (1u << nl) - 1u;
+    Fiber& f = R.fibers[t];
+    f.state = FiberState::AtWarp;
+    f.warp_mask = mask;
+    f.warp_fn = fn;
+    f.warp_data = data;
+    f.warp_what = what;
+    f.bar_file = file;
+    f.bar_line = line;
+    void* lanes[32] = {};
+    for (int l = 0; l < nl; ++l) {
+        const Fiber& g = R.fibers[w0 + l];
+        if (g.state != FiberState::AtWarp || !(g.warp_mask & mask)) continue;   /* another group */
+        if (g.warp_mask != mask || g.warp_fn != fn) {
+            fprintf(stderr,
+                    "lc_emu: DIVERGENT WARP COLLECTIVE in block (%u,%u,%u): thread %d calls %s with mask "
+                    "0x%08x (%s:%d) while thread %d waits at %s with mask 0x%08x (%s:%d).\n",
+                    blockIdx.x, blockIdx.y, blockIdx.z, t, what, mask, file, line, w0 + l, g.warp_what,
+                    g.warp_mask, g.bar_file, g.bar_line);
+            fflush(stderr);
+            abort();
+        }
+        lanes[l] = g.warp_data;
+    }
+    for (int l = 0; l < nl; ++l)
+        if ((mask >> l & 1u) && !lanes[l]) {   /* not everyone is here yet: wait */
+            swapcontext(&f.ctx, &R.sched);
+            return;
+        }
+    fn(lanes, mask);
+    for (int l = 0; l < nl; ++l)
+        if (mask >> l & 1u) R.fibers[w0 + l].state = FiberState::Ready;
 }
 
 static inline void run_grid(const char* kname, dim3 grid, dim3 block, size_t /*shmem*/,
@@ -423,6 +561,130 @@ static inline T atomic_rmw(T* p, Op op) {
     ::lc_emu::make_launch((kernel), #kernel, dim3(grid), dim3(block), (size_t)(shmem), (stream))
 
 #define __syncthreads() ::lc_emu::syncthreads(__FILE__, __LINE__)
+
+/* ---- warp-level primitives: warp collectives of the fiber scheduler ---- */
+namespace lc_emu {
+struct Shfl { uint64_t in, out; unsigned arg; int width; };
+enum { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR };
+
+/* PTX shfl.sync for a segment of `width` lanes: the source lane j, or the lane itself when j
+   falls outside what the mode may read (up: below the segment; down, xor: above it). */
+template <int MODE>
+static void shfl_fn(void* const* d, unsigned /*mask*/) {
+    Shfl* s[32];
+    for (int l = 0; l < 32; ++l) s[l] = (Shfl*)d[l];
+    for (int l = 0; l < 32; ++l) {
+        if (!s[l]) continue;
+        const int w = s[l]->width, lo = l & ~(w - 1), hi = lo + w - 1;
+        const int b = (int)(s[l]->arg & 31u);
+        int j = l;
+        if (MODE == SHFL_IDX) j = lo | (b & (w - 1));
+        else if (MODE == SHFL_UP) j = l - b >= lo ? l - b : l;
+        else if (MODE == SHFL_DOWN) j = l + b <= hi ? l + b : l;
+        else j = (l ^ b) <= hi ? (l ^ b) : l;
+        if (!s[j]) {
+            fprintf(stderr, "lc_emu: __shfl*_sync: lane %d reads lane %d, which is not in the mask "
+                            "(undefined on a GPU)\n", l, j);
+            abort();
+        }
+        s[l]->out = s[j]->in;
+    }
+}
+
+template <int MODE, class T>
+static inline T shfl(unsigned mask, T var, unsigned arg, int width, const char* what,
+                     const char* file, int line) {
+    static_assert(sizeof(T) <= 8, "__shfl*_sync takes values of at most 8 bytes");
+    if (width < 1 || width > 32 || (width & (width - 1))) {
+        fprintf(stderr, "lc_emu: %s: width %d is not a power of two in 1..32 (%s:%d)\n", what, width,
+                file, line);
+        abort();
+    }
+    Shfl s{0, 0, arg, width};
+    memcpy(&s.in, &var, sizeof(T));
+    warp_collective(mask, &s, shfl_fn<MODE>, what, file, line);
+    T r;
+    memcpy(&r, &s.out, sizeof(T));
+    return r;
+}
+
+struct Vote { int pred; unsigned out; int all; };
+static void ballot_fn(void* const* d, unsigned /*mask*/) {
+    unsigned b = 0;
+    int all = 1;
+    for (int l = 0; l < 32; ++l)
+        if (d[l]) {
+            if (((Vote*)d[l])->pred) b |= 1u << l;
+            else all = 0;
+        }
+    for (int l = 0; l < 32; ++l)
+        if (d[l]) { ((Vote*)d[l])->out = b; ((Vote*)d[l])->all = all; }
+}
+static void syncwarp_fn(void* const*, unsigned) {}
+}  // namespace lc_emu
+
+#define LC_EMU_SITE const char* lc_file_ = __builtin_FILE(), int lc_line_ = __builtin_LINE()
+template <class T>
+static inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize, LC_EMU_SITE) {
+    return lc_emu::shfl<lc_emu::SHFL_IDX>(mask, var, (unsigned)src_lane, width, "__shfl_sync", lc_file_, lc_line_);
+}
+template <class T>
+static inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize, LC_EMU_SITE) {
+    return lc_emu::shfl<lc_emu::SHFL_UP>(mask, var, delta, width, "__shfl_up_sync", lc_file_, lc_line_);
+}
+template <class T>
+static inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize, LC_EMU_SITE) {
+    return lc_emu::shfl<lc_emu::SHFL_DOWN>(mask, var, delta, width, "__shfl_down_sync", lc_file_, lc_line_);
+}
+template <class T>
+static inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize, LC_EMU_SITE) {
+    return lc_emu::shfl<lc_emu::SHFL_XOR>(mask, var, (unsigned)lane_mask, width, "__shfl_xor_sync", lc_file_,
+                                          lc_line_);
+}
+static inline unsigned __ballot_sync(unsigned mask, int pred, LC_EMU_SITE) {
+    lc_emu::Vote v{pred, 0, 0};
+    lc_emu::warp_collective(mask, &v, lc_emu::ballot_fn, "__ballot_sync", lc_file_, lc_line_);
+    return v.out;
+}
+static inline int __any_sync(unsigned mask, int pred, LC_EMU_SITE) {
+    lc_emu::Vote v{pred, 0, 0};
+    lc_emu::warp_collective(mask, &v, lc_emu::ballot_fn, "__any_sync", lc_file_, lc_line_);
+    return v.out != 0;
+}
+static inline int __all_sync(unsigned mask, int pred, LC_EMU_SITE) {
+    lc_emu::Vote v{pred, 0, 0};
+    lc_emu::warp_collective(mask, &v, lc_emu::ballot_fn, "__all_sync", lc_file_, lc_line_);
+    return v.all;
+}
+static inline void __syncwarp(unsigned mask = 0xffffffffu, LC_EMU_SITE) {
+    int dummy = 0;
+    lc_emu::warp_collective(mask, &dummy, lc_emu::syncwarp_fn, "__syncwarp", lc_file_, lc_line_);
+}
+
+/* ---- bfloat16 (the subset of cuda_bf16.h lincompile uses) ---- */
+struct __nv_bfloat16 { unsigned short __x; };
+struct __align__(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
+/* round to nearest even; NaN -> the canonical NaN 0x7fff, as cuda_bf16.h does */
+static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{0x7fffu};
+    return __nv_bfloat16{(unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+static inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+static inline float __bfloat162float(__nv_bfloat16 h) {
+    const uint32_t u = (uint32_t)h.__x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+    return __nv_bfloat162{__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}
+static inline __nv_bfloat162 __float22bfloat162_rn(float2 v) { return __floats2bfloat162_rn(v.x, v.y); }
+static inline float2 __bfloat1622float2(__nv_bfloat162 v) {
+    return float2{__bfloat162float(v.x), __bfloat162float(v.y)};
+}
 
 static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
@@ -555,4 +817,278 @@ template <class T> static inline cudaError_t cudaGetSymbolAddress(void** p, cons
 }
 
 #endif /* __CUDACC__ */
+
+/* ======================= tensor-core building blocks (sm_80+) =======================
+ * Small wrappers that compile to inline PTX under nvcc and to an exact emulation here.
+ * Fragments follow the PTX ISA layouts (lane = 4 * g + t, g = lane / 4, t = lane % 4):
+ *   lc_mma_tf32_m16n8k8 (mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32)
+ *     a[0] = A[g][t]  a[1] = A[g+8][t]  a[2] = A[g][t+4]  a[3] = A[g+8][t+4]   (tf32 bits)
+ *     b[0] = B[t][g]  b[1] = B[t+4][g]
+ *   lc_mma_bf16_m16n8k16 (mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32), each register
+ *     a pair of bf16, the lower column/row in the low half:
+ *     a[0] = A[g][2t..2t+1]  a[1] = A[g+8][2t..]  a[2] = A[g][2t+8..]  a[3] = A[g+8][2t+8..]
+ *     b[0] = B[2t..2t+1][g]  b[1] = B[2t+8..2t+9][g]
+ *   both: c, d[0] = C[g][2t]  [1] = C[g][2t+1]  [2] = C[g+8][2t]  [3] = C[g+8][2t+1]  (fp32)
+ *   The emulation multiplies exactly and sums in double, rounding once to fp32 (tensor
+ *   cores round their sums differently; both are far inside fp32 accumulation error). tf32
+ *   operands are read as the hardware does: the low 13 bits are ignored.
+ *   lc_ldmatrix_x{1,2,4}[_trans] (ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16):
+ *     lanes 8i..8i+7 give the (16-byte aligned) addresses of rows 0..7 of matrix i; r[i] of
+ *     lane gets row g, b16 columns 2t, 2t+1 of matrix i (with .trans: rows 2t, 2t+1 of column
+ *     g). Every lane of the warp must call it.
+ *   lc_cp_async_ca<4|8|16> / lc_cp_async_cg16 (cp.async.{ca,cg}.shared.global): copy
+ *     src_bytes (<= size) and zero-fill the rest; lc_cp_async_commit, lc_cp_async_wait<N>
+ *     (wait_group N), lc_cp_async_wait_all. The emulation copies at the wait (a read before
+ *     it sees the old data) and checks alignment.
+ *   lc_cvt_tf32 (cvt.rna.tf32.f32: nearest, ties away from zero) and lc_bf16x2 (two floats
+ *     to a bf16 pair, round to nearest even, `lo` in the low half).
+ * Every call must be made by all 32 lanes of a warp (mma, ldmatrix: .aligned). */
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <stdint.h>
+static __device__ __forceinline__ uint32_t lc_smem_u32(const void* p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+static __device__ __forceinline__ uint32_t lc_cvt_tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+static __device__ __forceinline__ uint32_t lc_bf16x2(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+static __device__ __forceinline__ void lc_mma_tf32_m16n8k8(float* d, const uint32_t* a, const uint32_t* b,
+                                                           const float* c) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                 "{%8,%9}, {%10,%11,%12,%13};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+                   "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+static __device__ __forceinline__ void lc_mma_bf16_m16n8k16(float* d, const uint32_t* a, const uint32_t* b,
+                                                            const float* c) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                 "{%8,%9}, {%10,%11,%12,%13};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+                   "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+static __device__ __forceinline__ void lc_ldmatrix_x1(uint32_t* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(lc_smem_u32(p)));
+}
+static __device__ __forceinline__ void lc_ldmatrix_x2(uint32_t* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(lc_smem_u32(p)));
+}
+static __device__ __forceinline__ void lc_ldmatrix_x4(uint32_t* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lc_smem_u32(p)));
+}
+static __device__ __forceinline__ void lc_ldmatrix_x1_trans(uint32_t* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
+                 : "=r"(r[0]) : "r"(lc_smem_u32(p)));
+}
+static __device__ __forceinline__ void lc_ldmatrix_x2_trans(uint32_t* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(lc_smem_u32(p)));
+}
+static __device__ __forceinline__ void lc_ldmatrix_x4_trans(uint32_t* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lc_smem_u32(p)));
+}
+template <int BYTES>
+static __device__ __forceinline__ void lc_cp_async_ca(void* smem, const void* gmem, int src_bytes = BYTES) {
+    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async.ca copies 4, 8 or 16 bytes");
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(lc_smem_u32(smem)), "l"(gmem),
+                 "n"(BYTES), "r"(src_bytes) : "memory");
+}
+static __device__ __forceinline__ void lc_cp_async_cg16(void* smem, const void* gmem, int src_bytes = 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(lc_smem_u32(smem)), "l"(gmem),
+                 "r"(src_bytes) : "memory");
+}
+static __device__ __forceinline__ void lc_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+static __device__ __forceinline__ void lc_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+static __device__ __forceinline__ void lc_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+#else
+namespace lc_emu {
+static inline float tf32_value(uint32_t bits) {   /* what the tensor core reads */
+    bits &= 0xffffe000u;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+static inline float bf16_value(uint32_t pair, int hi) {
+    const uint32_t u = hi ? (pair & 0xffff0000u) : (pair << 16);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+struct Mma { uint32_t a[4], b[2]; float c[4], d[4]; };
+/* D = A.B + C over one m16 x n8 x K tile from the 32 lanes' fragments (K = 8 tf32, 16 bf16). */
+template <bool BF16>
+static void mma_fn(void* const* d, unsigned mask) {
+    constexpr int K = BF16 ? 16 : 8;
+    double A[16][K], B[K][8], C[16][8];
+    if (mask != 0xffffffffu) {
+        fprintf(stderr, "lc_emu: mma.sync needs all 32 lanes of the warp (mask 0x%08x)\n", mask);
+        abort();
+    }
+    for (int l = 0; l < 32; ++l) {
+        const Mma& f = *(const Mma*)d[l];
+        const int g = l >> 2, t = l & 3;
+        if (BF16) {
+            for (int j = 0; j < 2; ++j) {
+                A[g][2 * t + j] = bf16_value(f.a[0], j);
+                A[g + 8][2 * t + j] = bf16_value(f.a[1], j);
+                A[g][2 * t + 8 + j] = bf16_value(f.a[2], j);
+                A[g + 8][2 * t + 8 + j] = bf16_value(f.a[3], j);
+                B[2 * t + j][g] = bf16_value(f.b[0], j);
+                B[2 * t + 8 + j][g] = bf16_value(f.b[1], j);
+            }
+        } else {
+            A[g][t] = tf32_value(f.a[0]);
+            A[g + 8][t] = tf32_value(f.a[1]);
+            A[g][t + 4] = tf32_value(f.a[2]);
+            A[g + 8][t + 4] = tf32_value(f.a[3]);
+            B[t][g] = tf32_value(f.b[0]);
+            B[t + 4][g] = tf32_value(f.b[1]);
+        }
+        C[g][2 * t] = f.c[0];
+        C[g][2 * t + 1] = f.c[1];
+        C[g + 8][2 * t] = f.c[2];
+        C[g + 8][2 * t + 1] = f.c[3];
+    }
+    for (int l = 0; l < 32; ++l) {
+        Mma& f = *(Mma*)d[l];
+        const int g = l >> 2, t = l & 3;
+        for (int i = 0; i < 4; ++i) {
+            const int m = g + (i >> 1) * 8, n = 2 * t + (i & 1);
+            double s = C[m][n];
+            for (int k = 0; k < K; ++k) s += A[m][k] * B[k][n];
+            f.d[i] = (float)s;
+        }
+    }
+}
+template <bool BF16>
+static inline void mma(float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
+                       int line) {
+    Mma f;
+    memcpy(f.a, a, sizeof f.a);
+    memcpy(f.b, b, sizeof f.b);
+    memcpy(f.c, c, sizeof f.c);
+    warp_collective(0xffffffffu, &f, mma_fn<BF16>, BF16 ? "mma.sync m16n8k16 bf16" : "mma.sync m16n8k8 tf32",
+                    file, line);
+    memcpy(d, f.d, sizeof f.d);
+}
+struct Ldm { const void* p; uint32_t r[4]; };
+template <int NUM, bool TRANS>
+static void ldmatrix_fn(void* const* d, unsigned mask) {
+    if (mask != 0xffffffffu) {
+        fprintf(stderr, "lc_emu: ldmatrix needs all 32 lanes of the warp (mask 0x%08x)\n", mask);
+        abort();
+    }
+    uint16_t m[NUM][8][8];
+    for (int i = 0; i < NUM; ++i)
+        for (int r = 0; r < 8; ++r) {
+            const void* p = ((const Ldm*)d[8 * i + r])->p;
+            if ((uintptr_t)p & 15u) {
+                fprintf(stderr, "lc_emu: ldmatrix: lane %d's row address %p is not 16-byte aligned\n", 8 * i + r, p);
+                abort();
+            }
+            memcpy(m[i][r], p, 16);
+        }
+    for (int l = 0; l < 32; ++l) {
+        Ldm& f = *(Ldm*)d[l];
+        const int g = l >> 2, t = l & 3;
+        for (int i = 0; i < NUM; ++i) {
+            const uint16_t lo = TRANS ? m[i][2 * t][g] : m[i][g][2 * t];
+            const uint16_t hi = TRANS ? m[i][2 * t + 1][g] : m[i][g][2 * t + 1];
+            f.r[i] = (uint32_t)lo | (uint32_t)hi << 16;
+        }
+    }
+}
+template <int NUM, bool TRANS>
+static inline void ldmatrix(uint32_t* r, const void* p, const char* file, int line) {
+    Ldm f{p, {0, 0, 0, 0}};
+    warp_collective(0xffffffffu, &f, ldmatrix_fn<NUM, TRANS>, "ldmatrix", file, line);
+    memcpy(r, f.r, 4 * NUM);
+}
+static inline void cp_async(void* smem, const void* gmem, int bytes, int src_bytes, const char* file, int line) {
+    Runner& R = runner();
+    if (!R.active) {
+        fprintf(stderr, "lc_emu: cp.async outside of a kernel (%s:%d)\n", file, line);
+        abort();
+    }
+    if (((uintptr_t)smem | (uintptr_t)(src_bytes ? gmem : nullptr)) % (uintptr_t)bytes || src_bytes < 0 ||
+        src_bytes > bytes) {
+        fprintf(stderr, "lc_emu: cp.async of %d bytes: misaligned address (shared %p, global %p) or "
+                        "src-size %d (%s:%d)\n", bytes, smem, gmem, src_bytes, file, line);
+        abort();
+    }
+    Fiber& f = R.fibers[R.cur];
+    if (f.n_async == LC_EMU_MAX_ASYNC) {
+        fprintf(stderr, "lc_emu: more than %d cp.async copies in flight in one thread (%s:%d); build with a "
+                        "larger -DLC_EMU_MAX_ASYNC\n", LC_EMU_MAX_ASYNC, file, line);
+        abort();
+    }
+    f.async[f.n_async++] = AsyncCopy{smem, gmem, (unsigned)bytes, (unsigned)src_bytes, -1};
+}
+static inline Fiber& async_fiber() {
+    Runner& R = runner();
+    if (!R.active) {
+        fprintf(stderr, "lc_emu: cp.async.commit_group/wait_group outside of a kernel\n");
+        abort();
+    }
+    return R.fibers[R.cur];
+}
+}  // namespace lc_emu
+
+static inline uint32_t lc_cvt_tf32(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffffffu;   /* NaN stays NaN */
+    return (u + 0x1000u) & 0xffffe000u;                          /* ties away from zero */
+}
+static inline uint32_t lc_bf16x2(float lo, float hi) {
+    return (uint32_t)__float2bfloat16_rn(lo).__x | (uint32_t)__float2bfloat16_rn(hi).__x << 16;
+}
+static inline void lc_mma_tf32_m16n8k8(float* d, const uint32_t* a, const uint32_t* b, const float* c, LC_EMU_SITE) {
+    lc_emu::mma<false>(d, a, b, c, lc_file_, lc_line_);
+}
+static inline void lc_mma_bf16_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c, LC_EMU_SITE) {
+    lc_emu::mma<true>(d, a, b, c, lc_file_, lc_line_);
+}
+static inline void lc_ldmatrix_x1(uint32_t* r, const void* p, LC_EMU_SITE) { lc_emu::ldmatrix<1, false>(r, p, lc_file_, lc_line_); }
+static inline void lc_ldmatrix_x2(uint32_t* r, const void* p, LC_EMU_SITE) { lc_emu::ldmatrix<2, false>(r, p, lc_file_, lc_line_); }
+static inline void lc_ldmatrix_x4(uint32_t* r, const void* p, LC_EMU_SITE) { lc_emu::ldmatrix<4, false>(r, p, lc_file_, lc_line_); }
+static inline void lc_ldmatrix_x1_trans(uint32_t* r, const void* p, LC_EMU_SITE) { lc_emu::ldmatrix<1, true>(r, p, lc_file_, lc_line_); }
+static inline void lc_ldmatrix_x2_trans(uint32_t* r, const void* p, LC_EMU_SITE) { lc_emu::ldmatrix<2, true>(r, p, lc_file_, lc_line_); }
+static inline void lc_ldmatrix_x4_trans(uint32_t* r, const void* p, LC_EMU_SITE) { lc_emu::ldmatrix<4, true>(r, p, lc_file_, lc_line_); }
+template <int BYTES>
+static inline void lc_cp_async_ca(void* smem, const void* gmem, int src_bytes = BYTES, LC_EMU_SITE) {
+    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async.ca copies 4, 8 or 16 bytes");
+    lc_emu::cp_async(smem, gmem, BYTES, src_bytes, lc_file_, lc_line_);
+}
+static inline void lc_cp_async_cg16(void* smem, const void* gmem, int src_bytes = 16, LC_EMU_SITE) {
+    lc_emu::cp_async(smem, gmem, 16, src_bytes, lc_file_, lc_line_);
+}
+static inline void lc_cp_async_commit() {
+    lc_emu::Fiber& f = lc_emu::async_fiber();
+    for (int i = 0; i < f.n_async; ++i)
+        if (f.async[i].group < 0) f.async[i].group = f.groups;
+    ++f.groups;
+}
+template <int N>
+static inline void lc_cp_async_wait() {
+    lc_emu::Fiber& f = lc_emu::async_fiber();
+    lc_emu::async_complete(f, f.groups - N > 0 ? f.groups - N : 0);
+}
+static inline void lc_cp_async_wait_all() {
+    lc_cp_async_commit();
+    lc_cp_async_wait<0>();
+}
+#endif /* tensor-core building blocks */
 #endif /* LC_CUDA_CPU_H */
