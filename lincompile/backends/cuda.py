@@ -56,10 +56,11 @@ from .cuda_build import (
     nvcc,
     require_device,
 )
-from .cuda_kernels import CudaContext, emit_cuda, lower_cuda
+from .cuda_kernels import PRECISIONS, CudaContext, check_precision, emit_cuda, lower_cuda
 from .render import CTYPES, c_comment, render, templates_dir, wrap_args
 
-__all__ = ["CudaError", "compile", "compile_cpu", "gpu_available", "write_cuda_sources"]
+__all__ = ["PRECISIONS", "CudaError", "compile", "compile_cpu", "gpu_available",
+           "write_cuda_sources"]
 
 #: GEMM block/thread tiles and reduction block sizes on the GPU (templates/cuda/*.cu.j2).
 GPU_TILES = {"bm": 128, "bn": 128, "bk": 8, "tm": 8, "tn": 8, "min_blocks": 2,
@@ -68,6 +69,15 @@ GPU_TILES = {"bm": 128, "bn": 128, "bk": 8, "tm": 8, "tn": 8, "min_blocks": 2,
 #: block run faster, and more blocks and edge tiles get exercised at test sizes.
 EMU_TILES = {"bm": 32, "bn": 32, "bk": 8, "tm": 4, "tn": 4, "min_blocks": 2,
              "reduce_threads": 64, "block": 64}
+#: Tensor-core GEMM tiles (templates/cuda/gemm_mma.cu.j2) per precision: block bm x bn x bk,
+#: warp tile wm x wn, cp.async pipeline depth. 256 threads; 4 stages (80 KiB of shared memory
+#: per block) on sm_80 / sm_90, 3 where a multiprocessor has only ~100 KiB (sm_86, sm_89, ...).
+MMA_GPU_TILES = {"tf32": {"bm": 128, "bn": 128, "bk": 16, "wm": 64, "wn": 32, "stages": 4},
+                 "bf16": {"bm": 128, "bn": 128, "bk": 32, "wm": 64, "wn": 32, "stages": 4}}
+#: Small tiles for the CPU emulation: 4 warps of 16 x 16, three stages (the pipeline's
+#: steady state and its drain both run at test sizes).
+MMA_EMU_TILES = {"tf32": {"bm": 32, "bn": 32, "bk": 16, "wm": 16, "wn": 16, "stages": 3},
+                 "bf16": {"bm": 32, "bn": 32, "bk": 32, "wm": 16, "wn": 16, "stages": 3}}
 #: cudaError_t codes that templates/cuda/cuda_cpu.h returns
 EMU_ERRORS = {1: "invalid argument", 2: "out of memory", 9: "invalid configuration argument",
               17: "invalid device pointer", 21: "invalid copy direction for memcpy",
@@ -81,6 +91,18 @@ EMU_FLAGS = ("-std=c++20", "-O1", "-Wall", "-Wno-unknown-pragmas", "-fno-gnu-uni
 #: in that pass on the fiber launcher).
 EMU_LIB_FLAGS = ("-std=c++20", "-O2", "-fno-ipa-cp", "-Wall", "-Wno-unknown-pragmas",
                  "-fno-gnu-unique")
+
+
+def mma_tiles(arch: str, precision: str) -> dict[str, dict[str, int]]:
+    """The tensor-core tiles for ``arch`` (a CompileError below sm_80, which has no tf32/bf16
+    mma.sync or cp.async)."""
+    cap = "".join(ch for ch in arch.split("_", 1)[-1] if ch.isdigit())
+    if not cap or int(cap) < 80:
+        raise CompileError(f"precision '{precision}' needs tensor cores with tf32/bf16 "
+                           f"(sm_80 or newer); arch is {arch}: use precision 'fp32'")
+    if int(cap) in (80, 90, 100):
+        return MMA_GPU_TILES
+    return {p: dict(t, stages=3) for p, t in MMA_GPU_TILES.items()}
 
 
 def nvcc_line(arch: str, source: str = "model.cu", lib: str = "libmodel.so") -> list[str]:
@@ -97,12 +119,17 @@ class _CudaSource(_Source):
     """Renders the .cu/.h text of one or more graphs (entries) sharing constants."""
 
     def __init__(self, graphs: Mapping[str, Graph], prefix: str, arch: str,
-                 tiles: Mapping[str, int], init: bool = False):
+                 tiles: Mapping[str, int], init: bool = False, precision: str = "fp32",
+                 mma: Mapping[str, Mapping[str, int]] | None = None):
         self.arch, self.tiles, self._kernels = arch, dict(tiles), 0
+        self.precision = check_precision(precision)
+        self.mma = mma if mma is not None else (
+            mma_tiles(arch, precision) if precision != "fp32" else MMA_GPU_TILES)
         super().__init__(graphs, prefix, [], 1, init)
 
     def _entry(self, name: str, graph: Graph, init: bool) -> Entry:
-        steps, params, plan, pids = self._layout(graph, lower_cuda)
+        steps, params, plan, pids = self._layout(
+            graph, lambda g: lower_cuda(g, self.precision))
         names: dict[str, str] = {}
         decls: list[str] = []
         for pid, k in dict(zip(pids, params)).items():   # device addresses of the constants
@@ -125,7 +152,7 @@ class _CudaSource(_Source):
         def scratch(step: CStep, i: int) -> str:
             return f"(ws + off[{plan.scratch[steps.index(step)][i]}])"
 
-        ctx = CudaContext(ptr, scratch, self.bytecode)
+        ctx = CudaContext(ptr, scratch, self.bytecode, self.precision)
         kernels, body = [], []
         for k, s in enumerate(steps):
             if k in plan.views:
@@ -167,7 +194,10 @@ class _CudaSource(_Source):
         gemm = render("cuda/gemm.cu.j2", self.bytecode, bm=t["bm"], bn=t["bn"], bk=t["bk"],
                       tm=t["tm"], tn=t["tn"], min_blocks=t["min_blocks"])
         red = render("cuda/reduce.cu.j2", self.bytecode, reduce_threads=t["reduce_threads"])
-        return gemm.rstrip("\n") + "\n\n" + red.rstrip("\n")
+        text = gemm.rstrip("\n") + "\n\n" + red.rstrip("\n")
+        if self.precision != "fp32":   # the tensor-core GEMMs (templates/cuda/gemm_mma.cu.j2)
+            text += "\n\n" + render("cuda/gemm_mma.cu.j2", self.bytecode, **self.mma).strip("\n")
+        return text
 
     def files(self) -> dict[str, str]:
         kernels = {s.kernel for e in self.entries for s in e.steps}
@@ -176,9 +206,11 @@ class _CudaSource(_Source):
                   "emu_line": shlex.join(emu_line()),
                   "what": " and ".join(e.text["what"] for e in self.entries),
                   "entries": [e.text for e in self.entries]}
-        uses_lib = kernels & {"linear", "matmul", "sgd_gemm", "reduce_sum"}
+        uses_lib = kernels & {"linear", "matmul", "sgd_gemm", "reduce_sum", "cast_bf16"}
+        decls = render("cuda/gemm_mma.cu.j2", self.bytecode, part="decls", **self.mma).strip(
+            "\n") if uses_lib and self.precision != "fp32" else ""
         cu = render("cuda/model.cu.j2", self.bytecode, **common, block=self.tiles["block"],
-                    library=self.library() if uses_lib else "",
+                    library=self.library() if uses_lib else "", mma_decls=decls,
                     max_parts=256, params=list(self.consts.values()), max_n=self.max_n(),
                     max_layout=max(len(e.text["layout"]) for e in self.entries))
         h = render("cuda/model.h.j2", self.bytecode, **common,
@@ -187,12 +219,16 @@ class _CudaSource(_Source):
 
 
 def write_cuda_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str = "model",
-                       arch: str | None = None, init: bool = True) -> list[Path]:
-    """Write ``model.cu``, ``model.h``, a ``Makefile`` and ``cuda_cpu.h`` (for ``make cpu``)
-    for ``graphs`` (entry name -> graph), like :func:`lincompile.backends.c.write_c_sources`:
-    a training graph's trainable parameters become inputs of the other graphs."""
+                       arch: str | None = None, init: bool = True,
+                       precision: str = "fp32") -> list[Path]:
+    """Write ``model.cu``, ``model.h``, a ``Makefile`` and ``cuda_cpu.h`` (for ``make cpu``;
+    it also holds the tensor-core wrappers of the tf32/bf16 products) for ``graphs`` (entry
+    name -> graph), like :func:`lincompile.backends.c.write_c_sources`: a training graph's
+    trainable parameters become inputs of the other graphs. ``precision`` is that of the
+    Linear products (see :func:`compile`)."""
     arch = arch or "sm_90"
-    files = _CudaSource(share_trained(graphs), prefix, arch, GPU_TILES, init).files()
+    files = _CudaSource(share_trained(graphs), prefix, arch, GPU_TILES, init,
+                        precision).files()
     files["Makefile"] = render(
         "cuda/Makefile.j2", None, version=__version__, file="model.cu", header="model.h",
         lib="libmodel.so", cpu_lib="libmodel_cpu.so", arch=arch,
@@ -212,6 +248,8 @@ class _CudaExecutable(Executable):
 
     Thread safety: ``run`` may be called from several threads at once (each thread has
     workspaces of its own)."""
+
+    precision = "fp32"   #: of the Linear products (set by compile)
 
     def __init__(self, graph: Graph, lib_path: Path, entry: Entry, prefix: str):
         super().__init__(graph)
@@ -472,34 +510,52 @@ def _emu_library(src: _CudaSource) -> Path:
 
 
 def compile_cpu(graph: Graph, prefix: str = "model",
-                tiles: Mapping[str, int] | None = None) -> CudaCpuExecutable:
+                tiles: Mapping[str, int] | None = None,
+                precision: str = "fp32") -> CudaCpuExecutable:
     """Generate the CUDA code of ``graph`` and build it for the CPU emulator
     (``target="cuda-cpu"``). ``tiles`` defaults to :data:`EMU_TILES`; pass
-    :data:`GPU_TILES` to emulate the exact GPU configuration (slower)."""
-    src = _CudaSource({entry_name(graph): graph}, prefix, "sm_90", tiles or EMU_TILES)
+    :data:`GPU_TILES` to emulate the exact GPU configuration (slower; the tensor-core
+    tiles then are :data:`MMA_GPU_TILES`). ``precision``: see :func:`compile`."""
+    gpu = tiles is not None and dict(tiles) == GPU_TILES
+    src = _CudaSource({entry_name(graph): graph}, prefix, "sm_90", tiles or EMU_TILES,
+                      precision=precision, mma=MMA_GPU_TILES if gpu else MMA_EMU_TILES)
     files = src.files()
     files["cuda_cpu.h"] = emulator_header()
     lib = _emu_library(src)
     cmd = [cxx(), *EMU_FLAGS, "-fPIC", "-shared", "-include", "cuda_cpu.h",
            "-DLC_PREBUILT_KERNELS", "-x", "c++", "model.cu", "-x", "none", str(lib),
            "-o", "libmodel.so"]
-    return CudaCpuExecutable(graph, build(files, cmd, "libmodel.so"), src.entries[0],
-                             src.prefix)
+    exe = CudaCpuExecutable(graph, build(files, cmd, "libmodel.so"), src.entries[0],
+                            src.prefix)
+    exe.precision = src.precision
+    return exe
 
 
-def compile(graph: Graph, arch: str | None = None, prefix: str = "model") -> CudaExecutable:
+def compile(graph: Graph, arch: str | None = None, prefix: str = "model",
+            precision: str = "fp32") -> CudaExecutable:
     """Generate the CUDA code of ``graph``, build it with nvcc for ``arch`` (default: the
     device's, else ``sm_90``) and load it. Without a GPU this still compiles; ``run`` then
-    raises a CudaError saying no CUDA device was found."""
+    raises a CudaError saying no CUDA device was found.
+
+    ``precision`` of the Linear products (matrix multiplications): ``"fp32"`` (default),
+    ``"tf32"`` (tensor cores with tf32 operands, fp32 accumulation and storage, as torch's
+    ``allow_tf32``) or ``"bf16"`` (mixed precision as ``torch.autocast(dtype=bfloat16)``:
+    the products read bf16 copies of their operands and accumulate in fp32; activations,
+    master weights, optimizer state, losses and reductions stay fp32). tf32 and bf16 need
+    sm_80 or newer."""
     arch = arch or device_arch()
     if not (isinstance(arch, str) and arch.startswith(("sm_", "compute_"))):
         raise CompileError(f"arch must look like 'sm_90', got {arch!r}")
-    src = _CudaSource({entry_name(graph): graph}, prefix, arch, GPU_TILES)
+    src = _CudaSource({entry_name(graph): graph}, prefix, arch, GPU_TILES,
+                      precision=precision)
     tool = nvcc()
-    lib = build({"lc_kernels.cu": src.library() + "\n"},
+    header = {"cuda_cpu.h": emulator_header()} if src.precision != "fp32" else {}
+    lib = build({"lc_kernels.cu": src.library() + "\n", **header},
                 [tool, *NVCC_FLAGS, f"-arch={arch}", "-Xcompiler", "-fPIC", "-c", "lc_kernels.cu",
                  "-o", "lc_kernels.o"], "lc_kernels.o")
     cmd = [tool, *NVCC_FLAGS, f"-arch={arch}", "-Xcompiler", "-fPIC", "-shared",
            "-DLC_PREBUILT_KERNELS", "model.cu", str(lib), "-o", "libmodel.so"]
-    return CudaExecutable(graph, build(src.files(), cmd, "libmodel.so"), src.entries[0],
-                          src.prefix)
+    exe = CudaExecutable(graph, build({**src.files(), **header}, cmd, "libmodel.so"),
+                         src.entries[0], src.prefix)
+    exe.precision = src.precision
+    return exe

@@ -34,7 +34,7 @@ from .c_kernels import (
     product,
 )
 from .plan import Size
-from .render import CTYPES, CUDA, render, wrap_args
+from .render import CTYPES, CUDA, c_comment, render, wrap_args
 
 #: Steps whose body is the shared C template, run one thread per element.
 NEUTRAL = ("activation", "activation_grad", "binary", "broadcast_to", "mse_grad", "sgd", "adam")
@@ -58,8 +58,9 @@ def reduce_mode(step: CStep) -> tuple[str, int]:
     return "generic", 0
 
 
-def lower_cuda(graph: Graph) -> list[CStep]:
-    """The C backend's kernel calls, with the scratch buffers the CUDA reductions need."""
+def lower_cuda(graph: Graph, precision: str = "fp32") -> list[CStep]:
+    """The C backend's kernel calls, with the scratch buffers the CUDA reductions need (and,
+    in ``bf16``, the bf16 operand copies of the products: :func:`bf16_operands`)."""
     for v in graph.values.values():
         if v.dtype == "float64":
             raise CompileError(f"graph '{graph.name}': tensor '{v.name}' is float64; the CUDA "
@@ -78,7 +79,7 @@ def lower_cuda(graph: Graph) -> list[CStep]:
             s.scratch = [Size(8 * MAX_PARTS)]
         elif s.kernel == "softmax_cross_entropy":
             s.scratch = [Size.of_shape(s.inputs[0].shape[:1]) * Size(8)]
-    return steps
+    return bf16_operands(steps) if check_precision(precision) == "bf16" else steps
 
 
 @dataclass
@@ -92,8 +93,9 @@ class Emitted:
 class CudaContext(Context):
     """The emission context, recording which tensors a kernel body names (its parameters)."""
 
-    def __init__(self, ptr, scratch, bytecode_dir: str | None):
+    def __init__(self, ptr, scratch, bytecode_dir: str | None, precision: str = "fp32"):
         self.used: dict[str, Value] = {}
+        self.precision = precision
 
         def record(v: Value) -> str:
             name = ptr(v)
@@ -117,8 +119,11 @@ def emit_cuda(name: str, step: CStep, ctx: CudaContext) -> Emitted:
     kernel = step.kernel
     if kernel in NEUTRAL:
         return _neutral(name, step, ctx)
-    if kernel in ("linear", "matmul", "sgd_gemm"):
-        return Emitted(host=_gemm_call(step, ctx))
+    if kernel == "cast_bf16":
+        return Emitted(host=_mma_cast(step, ctx))
+    if kernel in GEMM_KERNELS:
+        return Emitted(host=_gemm_call(step, ctx) if ctx.precision == "fp32" else
+                       _mma_call(step, ctx))
     if kernel == "copy":
         return Emitted(host=render("cuda/copy.cu.j2", ctx.bytecode_dir, **_copy(step, ctx)))
     if kernel in SPECIAL:
@@ -229,3 +234,114 @@ def _sce(name: str, step: CStep, ctx: CudaContext) -> dict:
 
 SPECIAL = {"reduce_sum": _reduce_sum, "mse": _mse, "softmax_cross_entropy": _sce,
            "softmax_cross_entropy_grad": _sce}
+
+
+# ------------------------------------------------------------------ precisions
+#: What the Linear products compute in: fp32 (the tiled fp32 GEMMs), tf32 or bf16 operands
+#: on tensor cores with fp32 accumulation (templates/cuda/gemm_mma.cu.j2).
+PRECISIONS = ("fp32", "tf32", "bf16")
+GEMM_KERNELS = ("linear", "matmul", "sgd_gemm")
+MMA_PREC = {"tf32": "LC_PREC_TF32", "bf16": "LC_PREC_BF16"}
+
+
+def check_precision(precision: object) -> str:
+    if precision not in PRECISIONS:
+        raise CompileError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                           f"{precision!r}")
+    return str(precision)
+
+
+@dataclass(eq=False)
+class CastStep(CStep):
+    """The bf16 copy of a float32 matrix that bf16 products read (``inputs[0]`` → the
+    ``outputs[0]`` stand-in, see :func:`bf16_copy`); ``node`` is its first reader."""
+
+    @property
+    def kernel(self) -> str:
+        return "cast_bf16"
+
+    def comment(self) -> str:
+        return (f"bf16 copy of '{c_comment(self.inputs[0].name)}' for the products of node "
+                f"'{c_comment(self.node.name)}' and later")
+
+
+def padded(cols: int) -> int:
+    """Row length of a bf16 copy: a multiple of 8 elements (16 bytes), for cp.async."""
+    return -(-cols // 8) * 8
+
+
+def bf16_copy(v: Value) -> Value:
+    """The workspace tensor holding ``v`` [rows, cols] in bf16 with rows padded to
+    :func:`padded` elements: declared as float32 [rows, padded/2] (the same bytes), so the
+    buffer planner sizes it; the code reads it as ``__nv_bfloat16``."""
+    rows, cols = v.shape
+    return Value(f"{v.name}@bf16", "float32", (rows, padded(cols) // 2))
+
+
+def bf16_operands(steps: list[CStep]) -> list[CStep]:
+    """Give every product of ``steps`` bf16 operands, like ``torch.autocast``: one padded
+    bf16 copy per float32 matrix, made once per step before its first product (weights too,
+    so the float32 master weights stay as they are). A matrix that a Linear/matmul step
+    writes gets its copy from that step's epilogue (no extra pass); others get a cast step.
+    Each product records its operand copies as ``step.bf16`` (and reads them, for the
+    planner); one whose matrices have a symbolic row length keeps tf32 operands."""
+    made = {v.name: s for s in steps for v in s.outputs}
+    copies: dict[str, Value] = {}
+    out: list[CStep] = []
+    for s in steps:
+        if s.kernel in GEMM_KERNELS:
+            n = product(s)[0]
+            ops = n.inputs[:2]
+            if all(len(v.shape) == 2 and isinstance(v.shape[1], int) for v in ops):
+                for v in ops:
+                    if v.name not in copies:
+                        copies[v.name] = c = bf16_copy(v)
+                        p = made.get(v.name)
+                        if (p is not None and p.kernel in ("linear", "matmul")
+                                and p.outputs[0] is v and getattr(p, "cast_out", None) is None):
+                            p.cast_out = c
+                            p.outputs.append(c)
+                        else:
+                            out.append(CastStep(n, [v], [c]))
+                s.bf16 = [copies[v.name] for v in ops]
+                s.inputs = s.inputs + [c for c in s.bf16 if c not in s.inputs]
+        out.append(s)
+    return out
+
+
+def _ll(d) -> str:
+    return str(d) if isinstance(d, int) else "(long long)bn"
+
+
+def _mma_call(step: CStep, ctx: CudaContext) -> str:
+    """A product on tensor cores: lc_mma_gemm with fp32 (tf32) or bf16-copy operands."""
+    n, ta, tb = product(step)
+    a, b = n.inputs[0], n.inputs[1]
+    bf = getattr(step, "bf16", None)
+    prec = "bf16" if ctx.precision == "bf16" and bf else "tf32"
+    d = _gemm(step, ctx)
+    m, k = (a.shape[1], a.shape[0]) if ta else (a.shape[0], a.shape[1])
+    cols = b.shape[0] if tb else b.shape[1]
+    values = {"prec": MMA_PREC[prec], "precision": prec, "ta": str(ta).lower(),
+              "tb": str(tb).lower(), "m": _ll(m), "n": _ll(cols), "k": _ll(k),
+              "a": ctx.ptr(a), "lda": _ll(a.shape[1]), "b": ctx.ptr(b), "ldb": _ll(b.shape[1]),
+              "c": d["c"], "ldc": _ll(cols)}
+    if prec == "bf16":
+        values.update(a=f"(const void *){ctx.ptr(bf[0])}", lda=str(padded(a.shape[1])),
+                      b=f"(const void *){ctx.ptr(bf[1])}", ldb=str(padded(b.shape[1])))
+    if step.grad is not None:
+        values.update(kind="sgd", p=d["p"], bytes=d["bytes"], lr=ctx.ptr(step.node.inputs[-1]))
+    else:
+        cast = getattr(step, "cast_out", None)
+        values.update(kind="gemm", bias=d["bias"], act=ACT_NAMES[d["act"]],
+                      cb=f"(__nv_bfloat16 *){ctx.ptr(cast)}" if cast else "NULL",
+                      ldcb=str(padded(cols)) if cast else "0")
+    return render("cuda/mma_call.cu.j2", ctx.bytecode_dir, **values).rstrip("\n")
+
+
+def _mma_cast(step: CStep, ctx: CudaContext) -> str:
+    x, y = step.inputs[0], step.outputs[0]
+    rows, cols = x.shape
+    return render("cuda/mma_call.cu.j2", ctx.bytecode_dir, kind="cast", precision="bf16",
+                  rows=_ll(rows), cols=str(cols), x=ctx.ptr(x), ldx=str(cols), y=ctx.ptr(y),
+                  ldy=str(padded(cols))).rstrip("\n")

@@ -36,6 +36,11 @@
  *    Their contents persist from one block / launch to the next (on a GPU
  *    they are undefined), so reading shared memory before writing it is NOT
  *    detected.
+ *  - Dynamic shared memory: LC_DYNAMIC_SHARED(T, name) in a kernel is `extern __shared__`
+ *    under nvcc; here `name` points at the launch's shmem bytes (filled with 0xff at each
+ *    launch, so reading before writing shows NaNs).  A launch asking for more than
+ *    LC_EMU_MAX_DYNAMIC_SHARED (227 KiB) fails with cudaErrorInvalidValue;
+ *    cudaFuncSetAttribute(MaxDynamicSharedMemorySize) is accepted up to that bound.
  *  - Host threads: every piece of emulator state (shared memory, the fiber
  *    scheduler and stacks, threadIdx/blockIdx/..., the last error) is per OS
  *    thread, so launches from different host threads run at the same time
@@ -78,8 +83,8 @@
  *    barrier shows up as wrong data (stale / partial shared tiles) whenever
  *    the code depends on another thread's write, but a write-after-read race
  *    that a GPU could exhibit may go unnoticed.
- *  - The memory model (fences are plain fences, no caches), dynamic shared
- *    memory (`extern __shared__`; the shmem argument is ignored), __constant__
+ *  - The memory model (fences are plain fences, no caches), `extern __shared__`
+ *    declarations (write LC_DYNAMIC_SHARED(T, name) instead, see above), __constant__
  *    / texture memory, cooperative groups, dynamic parallelism, clusters, wgmma/TMA,
  *    streams/events ordering, float rounding differences (no
  *    forced FMA contraction; nvcc contracts a*b+c into fma by default).
@@ -108,6 +113,10 @@
     kernel<<<(grid), (block), (shmem), (stream)>>>
 #endif
 #define LC_EMULATED 0
+/* one untyped array for every kernel: template kernels of different T may share the name */
+#define LC_DYNAMIC_SHARED(T, name)                                  \
+    extern __shared__ __align__(128) unsigned char lc_dynamic_shared_[]; \
+    T* const name = reinterpret_cast<T*>(lc_dynamic_shared_)
 
 #else
 /* ------------------------------ CPU emulation ---------------------------- */
@@ -221,6 +230,9 @@ enum class FiberState : unsigned char { Ready, AtBarrier, AtWarp, Done };
    lane published, nullptr outside the mask), then all continue. */
 typedef void (*WarpFn)(void* const* data, unsigned mask);
 
+#ifndef LC_EMU_MAX_DYNAMIC_SHARED
+#define LC_EMU_MAX_DYNAMIC_SHARED (227 * 1024)   /* bytes per block, as on sm_90 */
+#endif
 #ifndef LC_EMU_MAX_ASYNC
 #define LC_EMU_MAX_ASYNC 64   /* cp.async copies one thread may have in flight */
 #endif
@@ -259,6 +271,8 @@ struct Runner {
     ucontext_t sched;
     Fiber* fibers = nullptr;    /* n_stacks of them */
     char* region = nullptr;     /* the mapping: a guard page, then n_stacks stacks */
+    char* dyn = nullptr;        /* dynamic shared memory (extern __shared__) of the launch */
+    size_t dyn_bytes = 0;
     size_t region_bytes = 0, stack_bytes = 0;
     int n_stacks = 0;
     int cur = -1;
@@ -266,7 +280,7 @@ struct Runner {
     void (*body)(void*) = nullptr;
     void* arg = nullptr;
 
-    ~Runner() { release(); }
+    ~Runner() { release(); free(dyn); }
     static size_t page() {
         static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
         return p;
@@ -486,7 +500,7 @@ static inline void warp_collective(unsigned mask, void* data, WarpFn fn, const c
         if (mask >> l & 1u) R.fibers[w0 + l].state = FiberState::Ready;
 }
 
-static inline void run_grid(const char* kname, dim3 grid, dim3 block, size_t /*shmem*/,
+static inline void run_grid(const char* kname, dim3 grid, dim3 block, size_t shmem,
                             void (*body)(void*), void* arg) {
     const unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535u || grid.z > 65535u ||
@@ -500,6 +514,20 @@ static inline void run_grid(const char* kname, dim3 grid, dim3 block, size_t /*s
         fprintf(stderr, "lc_emu: kernel '%s' launched from inside a kernel (not supported)\n", kname);
         abort();
     }
+    if (shmem > LC_EMU_MAX_DYNAMIC_SHARED) {
+        set_error(cudaErrorInvalidValue);
+        return;
+    }
+    if (shmem > R.dyn_bytes) {
+        free(R.dyn);
+        R.dyn = (char*)aligned_alloc(128, (shmem + 127) / 128 * 128);
+        if (!R.dyn) {
+            fprintf(stderr, "lc_emu: cannot allocate %zu bytes of dynamic shared memory\n", shmem);
+            abort();
+        }
+        R.dyn_bytes = shmem;
+    }
+    if (shmem) memset(R.dyn, 0xff, shmem);   /* undefined on a GPU: NaN here, not zeros */
     R.ensure((int)nt);
     R.active = true;
     R.body = body;
@@ -561,6 +589,10 @@ static inline T atomic_rmw(T* p, Op op) {
     ::lc_emu::make_launch((kernel), #kernel, dim3(grid), dim3(block), (size_t)(shmem), (stream))
 
 #define __syncthreads() ::lc_emu::syncthreads(__FILE__, __LINE__)
+/* Dynamic shared memory: `LC_DYNAMIC_SHARED(float, sm);` declares `extern __shared__ float sm[]`
+   under nvcc; here a pointer to the launch's shmem bytes (per OS thread, 128-byte aligned,
+   filled with 0xff bytes at each launch). */
+#define LC_DYNAMIC_SHARED(T, name) T* const name = (T*)::lc_emu::runner().dyn
 
 /* ---- warp-level primitives: warp collectives of the fiber scheduler ---- */
 namespace lc_emu {
@@ -811,6 +843,11 @@ static inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 static inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 static inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 /* A __device__ variable is ordinary memory here, so its address is its device address. */
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+/* Raising a kernel's dynamic shared-memory limit: launches check LC_EMU_MAX_DYNAMIC_SHARED. */
+template <class F> static inline cudaError_t cudaFuncSetAttribute(F*, cudaFuncAttribute, int v) {
+    return v < 0 || v > LC_EMU_MAX_DYNAMIC_SHARED ? lc_emu::set_error(cudaErrorInvalidValue) : cudaSuccess;
+}
 template <class T> static inline cudaError_t cudaGetSymbolAddress(void** p, const T& symbol) {
     *p = (void*)&symbol;
     return cudaSuccess;
