@@ -8,13 +8,18 @@
 # 1/4 machine: GPU, driver, nvcc, torch, cupy; stops early (exit 3) without a usable GPU
 # 2/4 the CUDA tests for real on the GPU: conftest adds target "cuda" when a device is
 #     usable, so every parametrized per-op, gradient, training-step, torch-parity and ONNX
-#     conformance test runs through the GPU (three pytest processes in parallel)
-# 3/4 timings: benchmarks/bench_cuda.py (CUDA events, warm-up, medians; cuBLAS fp32 with
-#     TF32 off, torch eager), ratio table last
+#     conformance test runs through the GPU (pytest processes in parallel), the tf32/bf16
+#     and CUDA-graph tests too; beside them compute-sanitizer (memcheck, racecheck,
+#     synccheck, initcheck) runs a small training step in every precision
+#     (benchmarks/sanitize_cuda.py), and every benchmark graph is built with nvcc
+# 3/4 timings: benchmarks/bench_cuda.py --precisions fp32,tf32,bf16 (CUDA events, warm-up,
+#     medians; cuBLAS in the same precision, torch eager / CUDA graph / autocast), ratio
+#     table last
 # 4/4 summary. Everything printed also goes to $OUT (log, test outputs, bench_cuda.json).
-# Budget: about 4 minutes; the hard limits below add up to 7.75 (give the call 9).
+# Budget: about 4.5 minutes; the hard limits below add up to 7.2 (give the call 9).
 # GPU_CHECK_DRY_RUN=1 walks through every section without a GPU (the tests then select
-# nothing for target "cuda", and the benchmark runs with --dry-run): checks this script.
+# nothing for target "cuda", the sanitizer script runs on target cuda-cpu without the
+# sanitizer, and the benchmark runs with --dry-run --skip-nvcc): checks this script.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -63,16 +68,44 @@ elif ! python -c 'import sys, lincompile.backends.cuda as c; sys.exit(not c.gpu_
     exit 3
 fi
 
-section "2/4 CUDA tests on the GPU"
-# Build the GEMM/reduction library once before the parallel test processes need it.
-timeout 75 python -c '
+section "2/4 CUDA tests on the GPU, compute-sanitizer, benchmark builds"
+PRECISIONS=fp32,tf32,bf16
+# Build the GEMM/reduction libraries (fp32, and the tensor-core one) once before the
+# parallel test processes need them.
+timeout 90 python -c '
 import numpy as np, lincompile as lc
 g = lc.Graph("warm"); g.output(g.linear(g.input("x", ["N", 8]), 8, name="fc"))
 t = lc.training_graph(g, loss="mse", optimizer=lc.SGD(0.1))
 import lincompile.backends.cuda as c
-r = lc.validate(t, ["cuda" if c.gpu_available() else "cuda-cpu"], batch=5)
-print(r); r.raise_if_failed()
+for p in ("fp32", "bf16"):
+    r = lc.validate(t, ["cuda" if c.gpu_available() else "cuda-cpu"], batch=5, precision=p)
+    print(r); r.raise_if_failed()
 ' || failures+=("warm-up build/run")
+bg=()
+if ((${#DRY[@]} == 0)); then   # every benchmark graph, built while the tests run
+    timeout 200 python benchmarks/bench_cuda.py --build-only --precisions "$PRECISIONS" \
+        > "$OUT/bench_build.txt" 2>&1 & bg+=($!)
+fi
+sanitize() {   # the four tools at once, each over the small step in every precision
+    local rc=0 tool pids=()
+    if ((${#DRY[@]})); then
+        timeout 100 python benchmarks/sanitize_cuda.py --target cuda-cpu || rc=$?
+        echo "$rc" > "$OUT/sanitizer.rc"
+        return
+    fi
+    for tool in memcheck racecheck synccheck initcheck; do
+        timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+            python benchmarks/sanitize_cuda.py > "$OUT/sanitizer_$tool.txt" 2>&1 & pids+=($!)
+    done
+    for tool in memcheck racecheck synccheck initcheck; do
+        wait "${pids[0]}" || { rc=$?; echo "$tool: exit $rc"; }
+        pids=("${pids[@]:1}")
+        echo "--- compute-sanitizer --tool $tool"
+        tail -4 "$OUT/sanitizer_$tool.txt"
+    done
+    echo "$rc" > "$OUT/sanitizer.rc"
+}
+sanitize > "$OUT/sanitizer.txt" 2>&1 & bg+=($!)
 run_group() {   # name, timeout, pytest args...
     local name="$1" limit="$2"; shift 2
     local rc=0
@@ -83,6 +116,8 @@ run_group() {   # name, timeout, pytest args...
 GPU_ONLY=(-k "cuda and not cuda-cpu")
 pids=()
 run_group backend 200 tests/test_cuda_backend.py tests/test_cuda_kernels.py & pids+=($!)
+run_group precision 200 tests/test_cuda_precision.py tests/test_cuda_launch.py \
+    tests/test_cuda_mma.py & pids+=($!)
 run_group ops 200 tests/test_ops.py tests/test_feeds_and_validate.py "${GPU_ONLY[@]}" &
 pids+=($!)
 run_group training 200 tests/test_training.py tests/test_torch_parity.py \
@@ -90,7 +125,7 @@ run_group training 200 tests/test_training.py tests/test_torch_parity.py \
 # these loop over every target inside one test (no target in the test id)
 run_group every_target 200 tests/test_properties.py tests/test_onnx_import.py & pids+=($!)
 wait "${pids[@]}"   # (a bare `wait` would also wait for the tee above: forever)
-for name in backend ops training every_target; do
+for name in backend precision ops training every_target; do
     rc="$(cat "$OUT/tests_$name.rc")"
     echo "--- $name (exit $rc; 124 = timed out, 5 = no test selected):"
     grep -E "passed|failed|error|FAILED|ERROR|skipped|selected" "$OUT/tests_$name.txt" \
@@ -100,9 +135,17 @@ for name in backend ops training every_target; do
     fi
 done
 
-section "3/4 timings against cuBLAS and torch eager"
-timeout 130 python benchmarks/bench_cuda.py --out "$OUT" "${DRY[@]}" \
-    || failures+=("bench_cuda.py (exit $?)")
+wait "${bg[@]}" || true
+echo "--- compute-sanitizer (exit $(cat "$OUT/sanitizer.rc" 2>/dev/null || echo '?'))"
+grep -E "ERROR SUMMARY|sanitize_cuda|exit|Error" "$OUT/sanitizer.txt" | tail -20 || true
+[[ "$(cat "$OUT/sanitizer.rc" 2>/dev/null)" == 0 ]] || failures+=("compute-sanitizer")
+[[ -f "$OUT/bench_build.txt" ]] && tail -2 "$OUT/bench_build.txt"
+
+section "3/4 timings against cuBLAS and torch (eager, CUDA graph, autocast)"
+BENCH_DRY=()
+((${#DRY[@]})) && BENCH_DRY=(--dry-run --skip-nvcc)
+timeout 150 python benchmarks/bench_cuda.py --out "$OUT" --precisions "$PRECISIONS" \
+    "${BENCH_DRY[@]}" || failures+=("bench_cuda.py (exit $?)")
 
 section "4/4 summary"
 if ((${#failures[@]})); then

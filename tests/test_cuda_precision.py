@@ -40,6 +40,8 @@ TEMPLATES = HERE.parent / "templates"
 FLAGS = ["-std=c++20", "-O1", "-Wall", "-Wno-unknown-pragmas", "-fPIC", "-fno-gnu-unique"]
 PREC = {"tf32": 1, "bf16": 2}
 ROUND = {"tf32": tf32, "bf16": bf16}
+#: the emulator, and the GPU where there is one
+TARGETS = ["cuda-cpu"] + (["cuda"] if cuda.gpu_available() else [])
 KINDS = {"nt": (False, True), "nn": (False, False), "tn": (True, False), "tt": (True, True)}
 ACTS = {0: lambda x: x, 1: lambda x: np.where(np.isnan(x), x, np.maximum(x, 0)),
         2: lambda x: 1 / (1 + np.exp(-x)), 3: np.tanh}
@@ -280,10 +282,11 @@ def rounded_reference(graph: lc.Graph, feeds: dict, prec: str) -> np.ndarray:
     return (a.T if n.attrs["trans_a"] else a) @ (b.T if n.attrs["trans_b"] else b)
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("prec", ["tf32", "bf16"])
-def test_compiled_products_against_rounded_operands(prec):
+def test_compiled_products_against_rounded_operands(prec, target):
     for kind, g in product_graphs().items():
-        exe = lc.compile(g, "cuda-cpu", precision=prec)
+        exe = lc.compile(g, target, precision=prec)
         assert exe.precision == prec
         assert f"LC_PREC_{prec.upper()}" in exe.source()
         for n in (1, 33, 70):
@@ -312,12 +315,13 @@ def rounded_step_reference(graph: lc.Graph, feeds: dict, prec: str) -> dict:
     return {v.name: env[v.name] for v in graph.outputs}
 
 
-def step_errors(act: str, opt, grads: bool, prec: str, seed: int = 2):
+def step_errors(act: str, opt, grads: bool, prec: str, seed: int = 2,
+                target: str = "cuda-cpu"):
     """(executable source, feeds, errors vs float64, errors vs the rounded reference) of one
     training step of a 64-96-48-10 MLP at its initial parameters, batch 45."""
     g = lc.training_graph(mlp((64, 96, 48, 10), act=act, seed=1), loss="cross-entropy",
                           optimizer=opt, emit_grads=grads)
-    exe = lc.compile(g, "cuda-cpu", precision=prec)
+    exe = lc.compile(g, target, precision=prec)
     feeds = lc.random_feeds(g, 45, seed=seed)
     feeds.update({k: np.asarray(v, feeds[k].dtype) for k, v in g.initial_state.items()})
     got = exe.run(feeds)
@@ -330,11 +334,12 @@ def step_errors(act: str, opt, grads: bool, prec: str, seed: int = 2):
             {k: rel(got[k], same[k]) for k in fl})
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("prec", ["tf32", "bf16"])
-def test_training_step_within_2e_2_of_float64(prec):
+def test_training_step_within_2e_2_of_float64(prec, target):
     """tanh and plain SGD (the dW products fused into the updates): every output within
     2e-2 of float64 and 1e-3 of the rounded reference, and measurably not fp32."""
-    src, _, e64, same = step_errors("tanh", lc.SGD(0.1), False, prec)
+    src, _, e64, same = step_errors("tanh", lc.SGD(0.1), False, prec, target=target)
     assert "LC_CHECK(lc_mma_gemm(" in src and "LC_CHECK(lc_gemm_" not in src
     if prec == "bf16":   # copies of x, 3 weights, 3 dY; h1 and h2 get theirs from the
         # epilogues of fc1 and fc2
@@ -344,12 +349,14 @@ def test_training_step_within_2e_2_of_float64(prec):
     assert max(e64.values()) > 1e-4, "the products were not computed in reduced precision"
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("prec", ["tf32", "bf16"])
-def test_relu_step_like_torch_autocast(prec):
+def test_relu_step_like_torch_autocast(prec, target):
     """relu, momentum and weight decay, gradients out: within 1e-3 of the rounded reference;
     in bf16 the gradients' error from float64 is that of torch.autocast (relu masks flip
     where bf16 products move a pre-activation across zero: both reach ~6e-2 here)."""
-    _, feeds, e64, same = step_errors("relu", lc.SGD(0.05, 0.9, 1e-2), True, prec)
+    _, feeds, e64, same = step_errors("relu", lc.SGD(0.05, 0.9, 1e-2), True, prec,
+                                      target=target)
     assert max(same.values()) <= 1e-3, same
     if prec == "tf32":
         assert max(e64.values()) <= 2e-2, e64

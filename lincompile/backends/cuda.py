@@ -352,16 +352,21 @@ class CudaExecutable(_CudaExecutable):
         self._call(n, ptrs, ws, _current_stream(lib), error_string)
         return outs
 
-    def bind(self, feeds: Mapping[str, Any], inplace: bool = True) -> BoundCuda:
+    def bind(self, feeds: Mapping[str, Any], inplace: bool = True,
+             graph: bool = True) -> BoundCuda:
         """Pre-bound device buffers for repeated runs at one batch size: ``feeds`` are torch
         or cupy CUDA tensors, ``bound()`` enqueues one call of the entry point on the
         library's current stream (no allocation, no copy, no synchronization), and
         ``bound.outputs`` holds the results. With ``inplace`` each ``X.next`` output is
         ``X``'s own tensor where the header allows it, so calling ``bound()`` again trains on.
+        With ``graph`` (default) the first call runs the step and captures it into a CUDA
+        graph; later calls replay the graph: one launch per step instead of one per kernel.
+        Write new data into the bound tensors in place; ``graph=False`` launches the kernels
+        each time.
         """
         require_device(self.entry_name)
         n, ptrs, outs, lib = self._device_args(feeds, inplace)
-        return BoundCuda(self, n, ptrs, outs, lib)
+        return BoundCuda(self, n, ptrs, outs, lib, graph)
 
     def _device_args(self, feeds: Mapping[str, Any], inplace: bool):
         """(N, entry pointers, outputs, library) for feeds that include CUDA tensors."""
@@ -457,27 +462,81 @@ class _DeviceBuffers:
             pass
 
 
+#: cudaStreamCaptureModeThreadLocal: calls from other threads are not affected by a capture
+CAPTURE_MODE = 1
+CUDA_STREAM_NON_BLOCKING = 1
+
+
 class BoundCuda:
-    """Pre-bound device buffers of a :class:`CudaExecutable` (see its ``bind``)."""
+    """Pre-bound device buffers of a :class:`CudaExecutable` (see its ``bind``).
+
+    With ``graph``: the first call runs the entry point on the current stream, then records
+    it once more, without running it, on a stream of its own (a capture cannot use the
+    legacy default stream) into a CUDA graph, which later calls launch on the current
+    stream. The graph holds the bound pointers, so it stays valid for this binding."""
 
     def __init__(self, exe: CudaExecutable, n: int, ptrs: list[int], outputs: dict,
-                 lib: str):
-        self.exe, self.n, self.outputs, self.lib = exe, n, outputs, lib
+                 lib: str, graph: bool = True):
+        self.exe, self.n, self.outputs, self.lib, self.graph = exe, n, outputs, lib, graph
+        self._exec = self._graph = self._stream = None
+        self._ws = None
         size = max(exe.workspace_size(n), 256)
         ws = ctypes.c_void_p()
         check(cudart().cudaMalloc(ctypes.byref(ws), size), f"cudaMalloc({size})")
         self._ws = ws.value
         self._args = (n, *ptrs, self._ws)
 
+    @property
+    def captured(self) -> bool:
+        """True once the step is a CUDA graph (after the first call, with ``graph``)."""
+        return self._exec is not None
+
     def __call__(self) -> None:
-        code = self.exe._fn(*self._args, _current_stream(self.lib))
+        stream = _current_stream(self.lib)
+        if self._exec is not None:
+            check(cudart().cudaGraphLaunch(self._exec, stream),
+                  f"{self.exe.entry_name}: cudaGraphLaunch")
+            return
+        self._run(stream)
+        if self.graph:
+            self._capture()
+
+    def _run(self, stream: int | None) -> None:
+        code = self.exe._fn(*self._args, stream)
         if code != 0:
             raise CudaError(f"{self.exe.entry_name} failed: {error_string(code)}")
 
+    def _capture(self) -> None:
+        rt, what = cudart(), f"{self.exe.entry_name}: capturing the step into a CUDA graph"
+        s = ctypes.c_void_p()
+        check(rt.cudaStreamCreateWithFlags(ctypes.byref(s), CUDA_STREAM_NON_BLOCKING), what)
+        self._stream = s.value
+        check(rt.cudaStreamBeginCapture(self._stream, CAPTURE_MODE), what)
+        code = self.exe._fn(*self._args, self._stream)
+        g = ctypes.c_void_p()
+        end = rt.cudaStreamEndCapture(self._stream, ctypes.byref(g))   # always end it
+        self._graph = g.value
+        hint = " (bind(..., graph=False) runs the step without a graph)"
+        if code != 0 or end != 0:
+            raise CudaError(f"{what} failed: {error_string(code or end)}{hint}")
+        e = ctypes.c_void_p()
+        code = rt.cudaGraphInstantiateWithFlags(ctypes.byref(e), self._graph, 0)
+        if code != 0:
+            raise CudaError(f"{what}: cudaGraphInstantiate failed: {error_string(code)}{hint}")
+        self._exec = e.value
+
     def __del__(self):
         try:
-            cudart().cudaFree(ctypes.c_void_p(self._ws))
-        except Exception:
+            rt = cudart()
+            if self._exec:
+                rt.cudaGraphExecDestroy(self._exec)
+            if self._graph:
+                rt.cudaGraphDestroy(self._graph)
+            if self._stream:
+                rt.cudaStreamDestroy(self._stream)
+            if self._ws:
+                rt.cudaFree(ctypes.c_void_p(self._ws))
+        except Exception:   # interpreter shutdown, no runtime: nothing to free
             pass
 
 

@@ -107,7 +107,15 @@ def cudart() -> ctypes.CDLL:
                      "cudaStreamSynchronize": [vp], "cudaDeviceSynchronize": [],
                      "cudaGetLastError": [],
                      "cudaDeviceGetAttribute": [ctypes.POINTER(i), i, i],
-                     "cudaGetDevice": [ctypes.POINTER(i)]}.items():
+                     "cudaGetDevice": [ctypes.POINTER(i)],
+                     # CUDA graphs (BoundCuda): capture a step once, replay it
+                     "cudaStreamCreateWithFlags": [ctypes.POINTER(vp), ctypes.c_uint],
+                     "cudaStreamDestroy": [vp], "cudaStreamBeginCapture": [vp, i],
+                     "cudaStreamEndCapture": [vp, ctypes.POINTER(vp)],
+                     "cudaGraphInstantiateWithFlags": [ctypes.POINTER(vp), vp,
+                                                       ctypes.c_ulonglong],
+                     "cudaGraphLaunch": [vp, vp], "cudaGraphExecDestroy": [vp],
+                     "cudaGraphDestroy": [vp]}.items():
         f = getattr(lib, fn)
         f.argtypes, f.restype = args, i
     lib.cudaGetErrorString.argtypes, lib.cudaGetErrorString.restype = [i], ctypes.c_char_p

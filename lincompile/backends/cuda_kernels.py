@@ -24,6 +24,7 @@ from ..errors import CompileError
 from ..ir import Graph, Value
 from .c_kernels import (
     GEMMS,
+    KERNELS,
     Context,
     CStep,
     _copy,
@@ -79,7 +80,9 @@ def lower_cuda(graph: Graph, precision: str = "fp32") -> list[CStep]:
             s.scratch = [Size(8 * MAX_PARTS)]
         elif s.kernel == "softmax_cross_entropy":
             s.scratch = [Size.of_shape(s.inputs[0].shape[:1]) * Size(8)]
-    return bf16_operands(steps) if check_precision(precision) == "bf16" else steps
+    if check_precision(precision) == "bf16":
+        steps = bf16_operands(steps)
+    return fuse_launches(steps)
 
 
 @dataclass
@@ -117,6 +120,8 @@ def _int(s: Size) -> str:
 def emit_cuda(name: str, step: CStep, ctx: CudaContext) -> Emitted:
     """The CUDA code of one step; ``name`` is the step's kernel name (``k<i>_<op>``)."""
     kernel = step.kernel
+    if isinstance(step, FusedStep):
+        return _fused(name, step, ctx)
     if kernel in NEUTRAL:
         return _neutral(name, step, ctx)
     if kernel == "cast_bf16":
@@ -345,3 +350,139 @@ def _mma_cast(step: CStep, ctx: CudaContext) -> str:
     return render("cuda/mma_call.cu.j2", ctx.bytecode_dir, kind="cast", precision="bf16",
                   rows=_ll(rows), cols=str(cols), x=ctx.ptr(x), ldx=str(cols), y=ctx.ptr(y),
                   ldy=str(padded(cols))).rstrip("\n")
+
+
+# ------------------------------------------------------------------ fused launches
+#: Tensors per fused launch at most: the table is a kernel parameter (under 4 KiB).
+FUSE_MAX = 24
+#: Bias-gradient column sums fuse while the matrices they keep alive until the group's
+#: launch add up to at most this many columns (floats per batch row).
+FUSE_COLSUM_COLS = 16384
+
+
+@dataclass(eq=False)
+class FusedStep(CStep):
+    """Steps of one kernel (``parts``) run as one launch over a table of their tensors; it
+    reports the parts' kernel, and stands where the last of them stood."""
+
+    parts: list[CStep] = field(default_factory=list)
+
+    def comment(self) -> str:
+        return f"{len(self.parts)} steps in one launch: " + "; ".join(
+            p.comment() for p in self.parts)
+
+
+def _update_key(s: CStep):
+    if s.kernel not in ("sgd", "adam") or s.grad is not None or isinstance(s, FusedStep):
+        return None
+    n = s.node
+    shared = tuple(v.name for v in n.inputs if v.name in ("lr", "step"))
+    return ("update", n.op, tuple(sorted(n.attrs.items())), shared,
+            tuple(v.dtype for v in s.inputs), tuple(v.dtype for v in s.outputs))
+
+
+def _colsum_key(s: CStep):
+    if s.kernel != "reduce_sum" or isinstance(s, FusedStep):
+        return None
+    mode, k = reduce_mode(s)
+    x = s.inputs[0]
+    if (mode, k, len(x.shape), x.dtype) != ("colsum", 1, 2, "float32") or not isinstance(
+            x.shape[1], int):
+        return None
+    return ("colsum",)
+
+
+def fuse_launches(steps: list[CStep]) -> list[CStep]:
+    """One launch for all optimizer updates of a step (same optimizer settings), and one
+    for the bias-gradient column sums, each at the place of the last step it replaces.
+    A step whose outputs another step reads before that place stays on its own."""
+    for key in (_update_key, _colsum_key):
+        groups: dict = {}
+        for i, s in enumerate(steps):
+            k = key(s)
+            if k is not None:
+                groups.setdefault(k, []).append(i)
+        for idx in groups.values():
+            idx = _movable(steps, idx)
+            if key is _colsum_key:
+                while idx and sum(steps[i].inputs[0].shape[1] for i in idx) > FUSE_COLSUM_COLS:
+                    idx = _movable(steps, idx[1:])
+            for c in range(0, len(idx) - 1, FUSE_MAX):
+                chunk = idx[c:c + FUSE_MAX]
+                if len(chunk) < 2:
+                    continue
+                parts = [steps[i] for i in chunk]
+                ins = list({v.name: v for p in parts for v in p.inputs}.values())
+                outs = [v for p in parts for v in p.outputs]
+                fused = FusedStep(parts[0].node, ins, outs, parts=parts,
+                                  elementwise=key is _update_key)
+                for i in chunk:
+                    steps[i] = None
+                steps[chunk[-1]] = fused
+        steps = [s for s in steps if s is not None]
+    return steps
+
+
+def _movable(steps: list[CStep], idx: list[int]) -> list[int]:
+    """The members of ``idx`` (step positions) whose outputs no other step reads before the
+    position of the last member (recomputed as members drop out)."""
+    idx = list(idx)
+    while len(idx) > 1:
+        last = idx[-1]
+        bad = [i for i in idx[:-1] if any(
+            v.name in {o.name for o in steps[i].outputs}
+            for j in range(i + 1, last + 1) if j not in idx for v in steps[j].inputs)]
+        if not bad:
+            break
+        idx = [i for i in idx if i not in bad]
+    return idx
+
+
+def _fused(name: str, step: FusedStep, ctx: CudaContext) -> Emitted:
+    parts, first = step.parts, step.parts[0]
+    count = len(parts)
+    if first.kernel == "reduce_sum":
+        blocks = [-(-p.inputs[0].shape[1] // 32) for p in parts]
+        starts = [sum(blocks[:j]) for j in range(count + 1)]
+        fill = [f"tab.first[{j}] = {b};" for j, b in enumerate(starts)]
+        for j, p in enumerate(parts):
+            x = p.inputs[0]
+            fill += [f"tab.x[{j}] = {ctx.host_ptr(x)};",
+                     f"tab.y[{j}] = {ctx.host_ptr(p.outputs[0])};",
+                     f"tab.rows[{j}] = (long long)({Size.of_shape(x.shape[:1]).c()});",
+                     f"tab.cols[{j}] = {x.shape[1]};"]
+        fields = [f"const float *x[{count}]", f"float *y[{count}]", f"long long rows[{count}]",
+                  f"long long cols[{count}]", f"int first[{count + 1}]"]
+        values = {"kname": name, "kind": "colsum", "count": count, "fields": fields,
+                  "fill": fill, "blocks": starts[-1], "comment": step.comment()}
+    else:
+        shared = [r for r in range(len(first.inputs))
+                  if all(p.inputs[r] is first.inputs[r] for p in parts)]
+        names = {v.name: f"tab.o{r}[s]" for r, v in enumerate(first.outputs)}
+        names.update({v.name: f"a{r}" if r in shared else f"tab.i{r}[s]"
+                      for r, v in enumerate(first.inputs)})
+        body_ctx = Context(CUDA, lambda v: names[v.name], ctx.scratch, ctx.bytecode_dir)
+        d = KERNELS[first.kernel](first, body_ctx)
+        d["index"] = "const size_t i = lc_i;"
+        body = render(f"c/{first.kernel}.c.j2", ctx.bytecode_dir, **d).rstrip("\n")
+        fields = [f"const {CTYPES[v.dtype].c} *i{r}[{count}]"
+                  for r, v in enumerate(first.inputs) if r not in shared]
+        fields += [f"{CTYPES[v.dtype].c} *o{r}[{count}]" for r, v in enumerate(first.outputs)]
+        fields.append(f"size_t end[{count}]")
+        fill, end = [], "0"
+        for j, p in enumerate(parts):
+            fill += [f"tab.i{r}[{j}] = {ctx.host_ptr(v)};" for r, v in enumerate(p.inputs)
+                     if r not in shared]
+            fill += [f"tab.o{r}[{j}] = {ctx.host_ptr(v)};" for r, v in enumerate(p.outputs)]
+            end = Size.of_shape(p.outputs[0].shape).c() + ("" if j == 0 else
+                                                            f" + tab.end[{j - 1}]")
+            fill.append(f"tab.end[{j}] = {end};")
+        params = [f"const struct {name}_tab tab"] + [
+            f"const {CTYPES[first.inputs[r].dtype].c} *a{r}" for r in shared]
+        args = ", ".join(["tab"] + [ctx.host_ptr(first.inputs[r]) for r in shared])
+        values = {"kname": name, "kind": "update", "count": count, "fields": fields,
+                  "fill": fill, "body": body, "args": args, "comment": step.comment(),
+                  "signature": wrap_args(f"{name}(", params)}
+    device = render("cuda/fused.cu.j2", ctx.bytecode_dir, part="device", **values)
+    host = render("cuda/fused.cu.j2", ctx.bytecode_dir, part="host", **values)
+    return Emitted([device.strip("\n")], host.rstrip("\n"))
