@@ -1,9 +1,10 @@
 """Fewer launches per training step on the CUDA targets.
 
-- All optimizer updates of a step run as one launch over a table of the parameters, and the
-  bias-gradient column sums as another: the generated code has one launch of each, and the
-  step matches the float64 reference on target cuda-cpu (every optimizer, fp32 and bf16);
-  a sum whose result a step reads before the group's place stays on its own.
+- All optimizer updates of a step run as one launch over a table of the parameters, the
+  bias-gradient column sums as another and, in bf16, the copies of inputs and weights as a
+  third: the generated code has one launch of each, and the step matches the float64
+  reference on target cuda-cpu (every optimizer, fp32 and bf16); a sum whose result a
+  step reads before the group's place stays on its own.
 - bind(feeds) captures the step into a CUDA graph once and replays it (graph=False: plain
   launches). Without a GPU only its logic is tested, against a fake CUDA runtime that
   records the calls; with one, graph replays must give the bits of plain launches.
@@ -65,6 +66,7 @@ def test_fused_step_in_bf16():
                           optimizer=OPTIMIZERS["adam"], emit_grads=True)
     exe = lc.compile(g, "cuda-cpu", precision="bf16")
     assert launches(exe.source(), "updates") == 1
+    assert launches(exe.source(), "bf16 copies") == 1   # x and the weights
     feeds = lc.random_feeds(g, 17, seed=1)
     feeds.update({k: np.asarray(v, feeds[k].dtype) for k, v in g.initial_state.items()})
     got = exe.run(feeds)

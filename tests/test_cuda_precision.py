@@ -296,6 +296,28 @@ def test_compiled_products_against_rounded_operands(prec, target):
             assert rel(got, ref) <= 1e-5, f"{prec} {kind} N={n}: {rel(got, ref):.2e}"
 
 
+def test_gpu_tiles_emulated_at_tile_edges():
+    """The GPU's tile configuration (128 x 128 blocks of 8 warps, 4 stages) run by the
+    emulator, at sizes just past one tile, for both precisions and the three products."""
+    g = lc.Graph("edges")
+    x, w, b = g.input("x", ["N", 136]), g.input("w", [129, 136]), g.input("b", [129])
+    y = g.output(g.relu(g.apply("linear", [x, w, b])), name="y")
+    g.output(g.matmul(y, w), name="dx")
+    g.output(g.matmul(y, x, trans_a=True), name="dw")
+    g.verify()
+    feeds = lc.random_feeds(g, 130, seed=3)
+    for prec in ("tf32", "bf16"):
+        exe = cuda.compile_cpu(g, tiles=cuda.GPU_TILES, precision=prec)
+        got = exe.run(feeds)
+        r = ROUND[prec]
+        X, W = (r(feeds[k]).astype(np.float64) for k in ("x", "w"))
+        Y = np.maximum(X @ W.T + feeds["b"], 0)
+        assert rel(got["y"], Y) <= 1e-5, prec
+        Yr = r(got["y"]).astype(np.float64)   # the kernels' own y, rounded as the next
+        assert rel(got["dx"], Yr @ W) <= 1e-5, prec       # products read it
+        assert rel(got["dw"], Yr.T @ X) <= 1e-5, prec
+
+
 def rounded_step_reference(graph: lc.Graph, feeds: dict, prec: str) -> dict:
     """The graph in float64 with every product's operands first stored as float32 and
     rounded as ``prec`` does (what the kernels compute, up to float32 rounding elsewhere)."""
@@ -341,9 +363,10 @@ def test_training_step_within_2e_2_of_float64(prec, target):
     2e-2 of float64 and 1e-3 of the rounded reference, and measurably not fp32."""
     src, _, e64, same = step_errors("tanh", lc.SGD(0.1), False, prec, target=target)
     assert "LC_CHECK(lc_mma_gemm(" in src and "LC_CHECK(lc_gemm_" not in src
-    if prec == "bf16":   # copies of x, 3 weights, 3 dY; h1 and h2 get theirs from the
-        # epilogues of fc1 and fc2
-        assert src.count("LC_CHECK(lc_cast_bf16(") == 7, src.count("LC_CHECK(lc_cast_bf16(")
+    if prec == "bf16":   # copies of x and the 3 weights (one launch), of 3 dY; h1 and h2
+        # get theirs from the epilogues of fc1 and fc2
+        assert src.count("LC_CHECK(lc_cast_bf16(") == 3, src.count("LC_CHECK(lc_cast_bf16(")
+        assert "4 bf16 copies in one launch" in src
     assert max(e64.values()) <= 2e-2, e64
     assert max(same.values()) <= 1e-3, same
     assert max(e64.values()) > 1e-4, "the products were not computed in reduced precision"

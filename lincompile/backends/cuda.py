@@ -15,6 +15,8 @@ The generated entry points (``<prefix>_forward`` / ``<prefix>_train_step``, and
 ``cudaStream_t``, and return a ``cudaError_t``; :func:`write_cuda_sources` writes the
 ``.cu``, its header and a Makefile for use outside Python. float64 graphs are rejected with a
 CompileError: the CUDA kernels are float32 (use the C backend for float64).
+``precision="tf32"`` or ``"bf16"`` puts the Linear products on tensor cores (sm_80+, see
+:func:`compile`), and :meth:`CudaExecutable.bind` replays a step from a CUDA graph.
 """
 
 from __future__ import annotations

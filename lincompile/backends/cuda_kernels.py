@@ -13,7 +13,13 @@ Decisions made here, on top of the C backend's:
 - ``reduce_sum`` over leading dims (dBias) is ``lc_colsum``, over everything ``lc_sum``,
   anything else one thread per output summing in double; ``mse`` is a two-pass block
   reduction, softmax cross-entropy one block per row (max, then a sum of exps in double)
-  and a final block mean. All fixed-order trees, no atomics: bit-identical run to run.
+  and a final block mean. All fixed-order trees, no atomics: bit-identical run to run;
+- precision tf32 / bf16: every product runs on tensor cores (``lc_mma_gemm`` of
+  ``templates/cuda/gemm_mma.cu.j2``); in bf16 each float32 matrix a product reads gets one
+  padded bf16 copy per step (:func:`bf16_operands`), written by the epilogue of the
+  product that makes it where there is one;
+- all optimizer updates of a step with the same settings run as one launch over a table of
+  the tensors, and the bias-gradient column sums as another (:func:`fuse_launches`).
 """
 
 from __future__ import annotations
@@ -287,12 +293,14 @@ def bf16_operands(steps: list[CStep]) -> list[CStep]:
     """Give every product of ``steps`` bf16 operands, like ``torch.autocast``: one padded
     bf16 copy per float32 matrix, made once per step before its first product (weights too,
     so the float32 master weights stay as they are). A matrix that a Linear/matmul step
-    writes gets its copy from that step's epilogue (no extra pass); others get a cast step.
+    writes gets its copy from that step's epilogue (no extra pass); others get a cast step,
+    those of inputs and parameters all at the start (where they fuse into one launch).
     Each product records its operand copies as ``step.bf16`` (and reads them, for the
     planner); one whose matrices have a symbolic row length keeps tf32 operands."""
     made = {v.name: s for s in steps for v in s.outputs}
     copies: dict[str, Value] = {}
     out: list[CStep] = []
+    head: list[CStep] = []   # copies of inputs and parameters (one fused launch, first)
     for s in steps:
         if s.kernel in GEMM_KERNELS:
             n = product(s)[0]
@@ -306,12 +314,14 @@ def bf16_operands(steps: list[CStep]) -> list[CStep]:
                                 and p.outputs[0] is v and getattr(p, "cast_out", None) is None):
                             p.cast_out = c
                             p.outputs.append(c)
+                        elif p is None:   # an input or parameter: copied first thing
+                            head.append(CastStep(n, [v], [c]))
                         else:
                             out.append(CastStep(n, [v], [c]))
                 s.bf16 = [copies[v.name] for v in ops]
                 s.inputs = s.inputs + [c for c in s.bf16 if c not in s.inputs]
         out.append(s)
-    return out
+    return head + out
 
 
 def _ll(d) -> str:
@@ -367,6 +377,10 @@ class FusedStep(CStep):
 
     parts: list[CStep] = field(default_factory=list)
 
+    @property
+    def kernel(self) -> str:
+        return self.parts[0].kernel
+
     def comment(self) -> str:
         return f"{len(self.parts)} steps in one launch: " + "; ".join(
             p.comment() for p in self.parts)
@@ -392,17 +406,24 @@ def _colsum_key(s: CStep):
     return ("colsum",)
 
 
+def _cast_key(s: CStep):
+    return ("cast",) if isinstance(s, CastStep) else None
+
+
 def fuse_launches(steps: list[CStep]) -> list[CStep]:
-    """One launch for all optimizer updates of a step (same optimizer settings), and one
-    for the bias-gradient column sums, each at the place of the last step it replaces.
+    """One launch for all optimizer updates of a step (same optimizer settings), one for
+    the bias-gradient column sums and one for the bf16 copies of inputs and parameters,
+    each at the place of the last step it replaces.
     A step whose outputs another step reads before that place stays on its own."""
-    for key in (_update_key, _colsum_key):
+    for key in (_update_key, _colsum_key, _cast_key):
         groups: dict = {}
         for i, s in enumerate(steps):
             k = key(s)
             if k is not None:
                 groups.setdefault(k, []).append(i)
         for idx in groups.values():
+            if key is _cast_key:   # only the leading run (inputs and parameters)
+                idx = [i for j, i in enumerate(idx) if i == j]
             idx = _movable(steps, idx)
             if key is _colsum_key:
                 while idx and sum(steps[i].inputs[0].shape[1] for i in idx) > FUSE_COLSUM_COLS:
@@ -441,7 +462,21 @@ def _movable(steps: list[CStep], idx: list[int]) -> list[int]:
 def _fused(name: str, step: FusedStep, ctx: CudaContext) -> Emitted:
     parts, first = step.parts, step.parts[0]
     count = len(parts)
-    if first.kernel == "reduce_sum":
+    if first.kernel == "cast_bf16":
+        fill, fields = [], [f"const float *x[{count}]", f"float *y[{count}]",
+                            f"long long cols[{count}]", f"long long ldy[{count}]",
+                            f"long long end[{count}]"]
+        for j, p in enumerate(parts):
+            x, y = p.inputs[0], p.outputs[0]
+            rows, cols = x.shape
+            chunks = (Size.of_shape([rows]) * Size(padded(cols) // 8)).c()
+            fill += [f"tab.x[{j}] = {ctx.host_ptr(x)};", f"tab.y[{j}] = {ctx.host_ptr(y)};",
+                     f"tab.cols[{j}] = {cols};", f"tab.ldy[{j}] = {padded(cols)};",
+                     f"tab.end[{j}] = (long long)({chunks})"
+                     + ("" if j == 0 else f" + tab.end[{j - 1}]") + ";"]
+        values = {"kname": name, "kind": "cast", "count": count, "fields": fields,
+                  "fill": fill, "args": "tab", "comment": step.comment()}
+    elif first.kernel == "reduce_sum":
         blocks = [-(-p.inputs[0].shape[1] // 32) for p in parts]
         starts = [sum(blocks[:j]) for j in range(count + 1)]
         fill = [f"tab.first[{j}] = {b};" for j, b in enumerate(starts)]
