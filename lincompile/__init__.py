@@ -26,11 +26,19 @@ def load_onnx(model):
     return _load(model)
 
 
-def save_onnx(graph, path, inline=False):
-    """Write ``graph`` (model or training graph) as a standard ONNX file."""
+def save_onnx(graph, path, portable=False, inline=None):
+    """Write ``graph`` (model or training graph) as a standard ONNX file; ``portable=True``
+    writes one flat graph of default-domain ops for any ONNX runtime (``inline`` is its
+    deprecated former name)."""
     from .backends.onnx import save_onnx as _save
 
-    return _save(graph, path, inline=inline)
+    if inline is not None:
+        import warnings
+
+        warnings.warn("save_onnx(inline=...) is deprecated; use portable=...",
+                      DeprecationWarning, stacklevel=2)
+        portable = portable or inline
+    return _save(graph, path, portable=portable)
 
 
 __all__ = [

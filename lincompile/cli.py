@@ -108,6 +108,9 @@ def _export_args(p):
     p.add_argument("-o", "--output", required=True, metavar="TRAIN.onnx",
                    help="where to write the training graph")
     _training_args(p, required=True)
+    p.add_argument("--portable", action="store_true",
+                   help="write one flat graph of standard ops (no local functions, one opset "
+                        "import) that every ONNX runtime runs: OpenVINO, tract, onnx.reference")
 
 
 def _training_args(p, required: bool):
@@ -158,10 +161,10 @@ def export_training(a) -> int:
     model = load(a.model)
     train = training_graph(model, loss=a.loss, optimizer=opt, frozen=a.freeze,
                            emit_grads=a.emit_grads)
-    path = save_onnx(train, a.output)
+    path = save_onnx(train, a.output, portable=a.portable)
     _, frozen, state = roles(train)
     print(f"wrote {path}: training step of '{model.name}' ({a.loss}, "
-          f"{'no optimizer' if opt is None else opt})")
+          f"{'no optimizer' if opt is None else opt}{', portable form' if a.portable else ''})")
     print("  inputs:  " + ", ".join(f"{v.name} {_dims(v.shape)}" for v in train.inputs))
     print("  outputs: " + ", ".join(v.name for v in train.outputs))
     if frozen:

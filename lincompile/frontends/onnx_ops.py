@@ -8,13 +8,16 @@ IR nodes; ``None`` means the node was folded (a constant) or bound by the functi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
-from ..backends.onnx_builder import DOMAIN
+from ..backends.onnx_builder import DOMAIN, FUSED_KEY, OnnxBuilder
+from ..errors import LincompileError, ModelLoadError
 from ..ir import Value
-from ..ops import OPS
+from ..ops import OPS, get_op
 from .onnx_import import Const, Importer
 
 #: What an import function returns: the node's output value(s), or None (see above).
@@ -222,8 +225,93 @@ IMPORTERS = {
 SUPPORTED = sorted([*IMPORTERS, "Constant"]) + [f"{DOMAIN}.{f}" for f in FUNCTIONS]
 
 
+# ------------------------------------------------------------------ portable files
+def _fused_groups(imp: Importer) -> dict[str, list]:
+    """Node name → its record in a portable file's ``lincompile.fused`` metadata (read once;
+    the key is taken out of the graph's metadata, a re-export writes it afresh)."""
+    groups = getattr(imp, "fused_groups", None)
+    if groups is None:
+        groups = {}
+        text = imp.g.meta.pop(FUSED_KEY, None)
+        try:
+            for rec in json.loads(text) if text else []:
+                name, op, attrs, ins, outs, nodes = rec
+                groups.update((n, [name, op, attrs, ins, outs, set(nodes)]) for n in nodes)
+        except (ValueError, TypeError) as e:
+            raise ModelLoadError(f"metadata '{FUSED_KEY}' is not lincompile's: {e}") from None
+        imp.fused_groups = groups
+    return groups
+
+
+def _same_nodes(imp: Importer, mine: OnnxBuilder, theirs: list[onnx.NodeProto],
+                outs: list[str]) -> bool:
+    """``theirs`` is what lincompile writes for the op (``mine``), up to the names of the
+    tensors internal to it; those are used by no other node and are no graph output."""
+    if len(mine.nodes) != len(theirs):
+        return False
+    inits = {t.name: t for t in mine.initializers}
+    ours: set[str] = set()
+    rename: dict[str, str] = {}
+    for a, b in zip(mine.nodes, theirs):
+        if (a.op_type, a.domain, len(a.input), len(a.output)) != \
+                (b.op_type, b.domain, len(b.input), len(b.output)):
+            return False
+        key = lambda n: sorted(x.SerializeToString() for x in n.attribute)
+        if key(a) != key(b):
+            return False
+        for x, y in zip(a.input, b.input):
+            if x in rename:
+                ok = rename[x] == y
+            elif x in inits:
+                c = imp.const(y)
+                ok = c is not None and np.array_equal(c.data, numpy_helper.to_array(inits[x]))
+            else:
+                ok = x == y
+            if not ok:
+                return False
+        for x, y in zip(a.output, b.output):
+            if x in outs:
+                if x != y:
+                    return False
+            else:
+                rename[x] = y
+                ours.add(y)
+    members = {id(n) for n in theirs}
+    outside = {i for n in imp.nodes if id(n) not in members for i in n.input}
+    outside |= {o.name for o in imp.proto.graph.output}
+    return not (ours & outside)
+
+
+def fused(imp: Importer, record: list) -> Result:
+    """One IR op that a portable file wrote out as several nodes: checked against what
+    lincompile writes for it, then imported as that op."""
+    name, op, attrs, ins, outs, names = record
+    theirs = [n for n in imp.nodes if n.name in names]
+    mine = OnnxBuilder({}, portable=True)
+    mine.prefix = name
+    try:
+        opdef = get_op(op)
+        opdef.onnx(mine, ins, outs, **opdef.check_attrs(attrs, name))
+        same = _same_nodes(imp, mine, theirs, outs)
+    except (LincompileError, TypeError, KeyError):
+        same = False
+    if not same:
+        raise imp.unsupported(f"its nodes are recorded ({FUSED_KEY}) as lincompile's op "
+                              f"'{op}' '{name}' but differ from what lincompile writes for it "
+                              "(was the file edited?)")
+    imp.done.update(id(n) for n in theirs)
+    stand_in = helper.make_node(op, ins, outs, name=name)
+    here, imp.node = imp.node, stand_in
+    imp.bind(stand_in, imp.emit(op, [imp.value(i) for i in ins], n_out=len(outs), **attrs))
+    imp.node = here
+    return None
+
+
 def import_node(imp: Importer, node: onnx.NodeProto) -> Result:
     """Import one ONNX node, or raise UnsupportedOpError naming it."""
+    record = _fused_groups(imp).get(node.name)
+    if record is not None:
+        return fused(imp, record)
     if node.domain in ("", "ai.onnx") and node.op_type in IMPORTERS:
         return IMPORTERS[node.op_type](imp, node)
     if node.domain == DOMAIN and node.op_type in FUNCTIONS \
