@@ -139,8 +139,9 @@ def main() -> None:
         if available(rt if rt != "onnx" else "onnx.reference"):
             mod = __import__(pkg)
             versions.append(f"{rt} {getattr(mod, '__version__', None) or mod.version()}")
-    print(f"{datetime.date.today()}, {platform.node()}: {platform.processor() or platform.machine()}"
-          f", {os.cpu_count()} cores; one thread; numpy {np.__version__}; {', '.join(versions)}")
+    cpu = platform.processor() or platform.machine()
+    print(f"{datetime.date.today()}, {platform.node()}: {cpu}, {os.cpu_count()} cores; one "
+          f"thread; numpy {np.__version__}; {', '.join(versions)}")
     print("784-128-10 MLP, batch 64; median step time over each case (loss × optimizer)\n")
     print(table(measure(a.budget)))
 
