@@ -6,8 +6,9 @@ Each ``Adagrad``, ``Momentum`` and ``Adam`` node, and each ``Gradient`` node tog
 the part of the graph between its ``xs``/``zs`` and its ``y``, is imported into lincompile
 (one IR op per optimized tensor; ``Gradient`` through lincompile's autodiff) and written
 back in the portable form: default-domain nodes whose tensors are named under the node
-they replace. A ``Gradient`` node recomputes the forward part it differentiates. A model
-on a default opset older than 18 is converted to opset 18 first (``onnx.version_converter``).
+they replace. A ``Gradient`` node reuses the forward tensors the graph computes already
+(and recomputes only what it is fed other values for). A model on a default opset older
+than 18 is converted to opset 18 first (``onnx.version_converter``).
 """
 
 from __future__ import annotations
@@ -47,8 +48,13 @@ def lower_model(model: onnx.ModelProto) -> onnx.ModelProto:
         for v in ir.outputs:
             types[v.name] = helper.make_tensor_value_info(v.name, _ELEM[v.dtype], list(v.shape))
         flat = to_onnx(ir, portable=True).graph
+        # a Gradient's forward part: the tensors the graph computes already are reused
+        reuse = {o for n in sub.graph.node[:-1] for o in n.output}   # the node itself is last
+        live = [n for n in flat.node if not set(n.output) <= reuse]
+        del flat.node[:]
+        flat.node.extend(live)
         _prune(flat)
-        keep = {v.name for v in sub.graph.input} | {v.name for v in sub.graph.output}
+        keep = {v.name for v in sub.graph.input} | {v.name for v in sub.graph.output} | reuse
         rename = {}
         for name in [t.name for t in flat.initializer] + [o for n in flat.node for o in n.output]:
             if name not in keep and name not in rename:
