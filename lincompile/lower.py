@@ -68,8 +68,11 @@ def lower_model(model: onnx.ModelProto) -> onnx.ModelProto:
             n.output[:] = [rename.get(o, o) for o in n.output]
             n.name = _fresh(f"{node.name or node.op_type}/{n.name}", node_names)
             done.append(n)
-    del graph.node[:]
-    graph.node.extend(done)
+    lowered = onnx.GraphProto()
+    lowered.CopyFrom(graph)
+    del lowered.node[:]
+    lowered.node.extend(done)
+    graph.CopyFrom(lowered)
     if not any(n.domain == DOMAIN for n in graph.node) and not any(
             n.domain == DOMAIN for f in model.functions for n in f.node):
         keep_ops = [o for o in model.opset_import if o.domain != DOMAIN]
@@ -87,7 +90,12 @@ def lower_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
                               "input: choose another output path")
     model = lower_model(read_model(os.fspath(src)))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")   # renamed into place: no torn file
+    try:
+        onnx.save_model(model, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dst
 
 
@@ -148,7 +156,11 @@ def _submodel(model: onnx.ModelProto, node: onnx.NodeProto, before: list[onnx.No
         at = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         stop = {s.decode() for s in [*at.get("xs", []), *at.get("zs", [])]}
         made = {o: n for n in before for o in n.output}
-        needed = [at.get("y", b"").decode()]
+        y = at.get("y", b"").decode()
+        if y not in made and any(y in n.output for n in model.graph.node):
+            raise ModelLoadError(f"cannot lower {_what(node)}: its y '{y}' is computed after "
+                                 "it; put the Gradient node after the nodes it differentiates")
+        needed = [y]
         seen: set[int] = set()
         while needed:
             t = needed.pop()

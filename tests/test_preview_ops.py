@@ -407,9 +407,23 @@ def test_cli_lower(tmp_path, capsys):
     low = onnx.load(out)
     onnx.checker.check_model(low, full_check=True)
     assert {n.domain for n in low.graph.node} == {""}
+    # every other node as it was, the Gradient reading the forward tensors of the graph
+    original = [n for n in gemm_training_model().graph.node if n.domain == ""]
+    assert [n.SerializeToString() for n in low.graph.node[:4]] == \
+        [n.SerializeToString() for n in original]
+    assert sum(n.op_type == "Gemm" and n.output[0] == "Y" for n in low.graph.node) == 1
+    assert not any(n.op_type == "Gemm" and "X" in n.input[:1] for n in low.graph.node[4:])
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     before = src.read_bytes()
     assert main(["lower", str(src), "-o", str(src)]) == 2
     assert "never writes over its input" in capsys.readouterr().err
     assert src.read_bytes() == before
     assert main(["lower", str(tmp_path / "nope.onnx"), "-o", str(out)]) == 2
+
+
+def test_lower_refuses_a_gradient_of_a_tensor_computed_after_it():
+    nodes = [helper.make_node("Gradient", ["A"], ["dA"], name="g", domain=DOMAIN, xs=["A"],
+                              y="C"),
+             helper.make_node("Mul", ["A", "A"], ["C"])]
+    with pytest.raises(lc.LincompileError, match="'g': its y 'C' is computed after it"):
+        lower_model(gradient_model(nodes, [("A", [2])], [("dA", [2])]))
