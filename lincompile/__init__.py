@@ -15,7 +15,7 @@ from .errors import (
     ValidationError,
 )
 from .ir import Graph, Node, Param, Value
-from .training import SGD, Adam, AdamW, training_graph
+from .training import SGD, Adagrad, Adam, AdamW, training_graph
 from .validate import Report, random_feeds, validate
 
 
@@ -26,15 +26,23 @@ def load_onnx(model):
     return _load(model)
 
 
-def save_onnx(graph, path, inline=False):
-    """Write ``graph`` (model or training graph) as a standard ONNX file."""
+def save_onnx(graph, path, portable=False, inline=None):
+    """Write ``graph`` (model or training graph) as a standard ONNX file; ``portable=True``
+    writes one flat graph of default-domain ops for any ONNX runtime (``inline`` is its
+    deprecated former name)."""
     from .backends.onnx import save_onnx as _save
 
-    return _save(graph, path, inline=inline)
+    if inline is not None:
+        import warnings
+
+        warnings.warn("save_onnx(inline=...) is deprecated; use portable=...",
+                      DeprecationWarning, stacklevel=2)
+        portable = portable or inline
+    return _save(graph, path, portable=portable)
 
 
 __all__ = [
-    "SGD", "TARGETS", "Adam", "AdamW", "CompileError", "Executable", "FeedError",
+    "SGD", "TARGETS", "Adagrad", "Adam", "AdamW", "CompileError", "Executable", "FeedError",
     "GradientError", "Graph", "LincompileError", "ModelLoadError", "Node", "Param", "Report",
     "ShapeError", "UnsupportedOpError", "ValidationError", "Value", "__version__", "compile",
     "grad", "load_onnx", "random_feeds", "save_onnx", "training_graph", "validate",

@@ -96,7 +96,7 @@ def roles(graph) -> tuple[list, list, list]:
     stepped = [v for v in graph.inputs if f"{v.name}.next" in outs or f"{v.name}.grad" in outs]
     names = {v.name for v in stepped}
     state = [v for v in stepped if v.name == "step"
-             or any(v.name == f"{p}.{s}" for p in names for s in ("velocity", "m", "v"))]
+             or any(v.name == f"{p}.{s}" for p in names for s in ("velocity", "m", "v", "sum"))]
     trainable = [v for v in stepped if v not in state]
     frozen += [p.value for p in graph.params.values() if not p.const and p.trainable]
     return trainable, frozen, state
@@ -108,21 +108,30 @@ def _export_args(p):
     p.add_argument("-o", "--output", required=True, metavar="TRAIN.onnx",
                    help="where to write the training graph")
     _training_args(p, required=True)
+    p.add_argument("--portable", action="store_true",
+                   help="write one flat graph of standard ops (no local functions, one opset "
+                        "import) that every ONNX runtime runs: OpenVINO, tract, onnx.reference")
 
 
 def _training_args(p, required: bool):
     p.add_argument("--loss", required=required, choices=["cross-entropy", "mse"])
-    p.add_argument("--optimizer", required=required, choices=["sgd", "adam", "adamw", "none"],
+    p.add_argument("--optimizer", required=required,
+                   choices=["sgd", "adam", "adamw", "adagrad", "none"],
                    help="'none' writes loss and P.grad outputs only")
     p.add_argument("--lr", type=_positive(float), metavar="F",
                    help="learning rate recorded in the file (lincompile.lr); default: "
-                        "the optimizer's (sgd 0.01, adam/adamw 0.001)")
+                        "the optimizer's (sgd and adagrad 0.01, adam/adamw 0.001)")
     p.add_argument("--momentum", type=_positive(float, inclusive=True), metavar="F",
                    help="sgd only, default 0")
     p.add_argument("--weight-decay", type=_positive(float, inclusive=True), metavar="F",
                    help="default 0 (adamw: 0.01)")
     p.add_argument("--betas", type=_betas, metavar="B1,B2", help="adam/adamw, default 0.9,0.999")
-    p.add_argument("--eps", type=_positive(float), metavar="F", help="adam/adamw, default 1e-8")
+    p.add_argument("--eps", type=_positive(float), metavar="F",
+                   help="adam/adamw, default 1e-8; adagrad, default 1e-10")
+    p.add_argument("--lr-decay", type=_positive(float, inclusive=True), metavar="F",
+                   help="adagrad only, default 0")
+    p.add_argument("--initial-accumulator-value", type=_positive(float, inclusive=True),
+                   metavar="F", help="adagrad only, default 0")
     p.add_argument("--freeze", nargs="+", action="extend", default=[], metavar="NAME",
                    help="parameters to keep fixed (they stay initializers)")
     p.add_argument("--emit-grads", action="store_true", help="also output every P.grad")
@@ -131,19 +140,21 @@ def _training_args(p, required: bool):
 def optimizer_from(a: argparse.Namespace):
     """The optimizer the flags ask for (None for 'none'); flags that do not apply to it
     are usage errors rather than silently ignored."""
-    from .training import SGD, Adam, AdamW
+    from .training import SGD, Adagrad, Adam, AdamW
 
     allowed = {"sgd": {"lr", "momentum", "weight_decay"}, "none": set(),
-               "adam": {"lr", "weight_decay", "betas", "eps"}}
+               "adam": {"lr", "weight_decay", "betas", "eps"},
+               "adagrad": {"lr", "lr_decay", "weight_decay", "initial_accumulator_value",
+                           "eps"}}
     allowed["adamw"] = allowed["adam"]
-    given = {k for k in ("lr", "momentum", "weight_decay", "betas", "eps")
-             if getattr(a, k) is not None}
+    given = {k for k in ("lr", "momentum", "weight_decay", "betas", "eps", "lr_decay",
+                         "initial_accumulator_value") if getattr(a, k) is not None}
     bad = sorted(given - allowed[a.optimizer])
     if bad:
         flags = ", ".join("--" + b.replace("_", "-") for b in bad)
         raise UsageError(f"{flags} does not apply to --optimizer {a.optimizer}")
     kwargs = {k: getattr(a, k) for k in given}
-    cls = {"sgd": SGD, "adam": Adam, "adamw": AdamW}.get(a.optimizer)
+    cls = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "adagrad": Adagrad}.get(a.optimizer)
     return cls(**kwargs) if cls else None
 
 
@@ -158,16 +169,18 @@ def export_training(a) -> int:
     model = load(a.model)
     train = training_graph(model, loss=a.loss, optimizer=opt, frozen=a.freeze,
                            emit_grads=a.emit_grads)
-    path = save_onnx(train, a.output)
+    path = save_onnx(train, a.output, portable=a.portable)
     _, frozen, state = roles(train)
     print(f"wrote {path}: training step of '{model.name}' ({a.loss}, "
-          f"{'no optimizer' if opt is None else opt})")
+          f"{'no optimizer' if opt is None else opt}{', portable form' if a.portable else ''})")
     print("  inputs:  " + ", ".join(f"{v.name} {_dims(v.shape)}" for v in train.inputs))
     print("  outputs: " + ", ".join(v.name for v in train.outputs))
     if frozen:
         print("  frozen:  " + ", ".join(v.name for v in frozen))
     print(f"start from the parameter values in {a.model} (same names)"
-          + (", optimizer state at zero" if state else "")
+          + (f", each P.sum at {opt.initial_accumulator_value:g}"
+             if getattr(opt, "initial_accumulator_value", 0) else
+             ", optimizer state at zero" if state else "")
           + (", step 0" if any(v.name == "step" for v in state) else "")
           + "; feed each X.next back as X (docs/training-graphs.md)")
     return OK
@@ -318,6 +331,34 @@ def compile_(a) -> int:
     print(f"wrote {', '.join(str(p) for p in paths)}")
     entries = ", ".join(f"{a.prefix}_{e}" for e in graphs)
     print(f"entry points: {entries} (documented in model.h); build: make -C {a.output}")
+    return OK
+
+
+def _lower_args(p):
+    p.add_argument("file", help="an ONNX model with ai.onnx.preview.training nodes (Adagrad, "
+                   "Momentum, Adam, Gradient)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
+                   help="where to write the lowered model (never the input file)")
+
+
+@command("lower", _lower_args,
+         "rewrite a model's ai.onnx.preview.training nodes into standard ONNX ops, so stock "
+         "onnxruntime runs it",
+         "lincompile lower train_preview.onnx -o train_standard.onnx")
+def lower(a) -> int:
+    import onnx
+
+    from .lower import lower_file
+    from .ops.preview import DOMAIN
+
+    if not Path(a.file).is_file():
+        raise UsageError(f"no such file: '{a.file}'")
+    before = [n.op_type for n in onnx.load(a.file, load_external_data=False).graph.node
+              if n.domain == DOMAIN]
+    path = lower_file(a.file, a.output)
+    counts = ", ".join(f"{k} ×{c}" for k, c in sorted(Counter(before).items()))
+    print(f"wrote {path}: {len(before)} {DOMAIN} node(s) in standard ops"
+          + (f" ({counts})" if counts else ""))
     return OK
 
 

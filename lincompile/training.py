@@ -69,7 +69,28 @@ class AdamW(Adam):
     op = "adamw"
 
 
-Optimizer = SGD | Adam | AdamW
+@dataclass(frozen=True)
+class Adagrad:
+    """torch.optim.Adagrad: ``r = lr / (1 + step·lr_decay); g = grad + wd·p; sum += g²;
+    p −= r·g / (√sum + eps)``, ``sum`` starting at ``initial_accumulator_value`` (the same
+    update as ONNX's ``ai.onnx.preview.training`` Adagrad)."""
+
+    lr: float = 0.01
+    lr_decay: float = 0.0
+    weight_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
+    eps: float = 1e-10
+
+    op = "adagrad"
+
+    def state(self) -> tuple[str, ...]:
+        return ("sum",)
+
+    def attrs(self) -> dict:
+        return {"lr_decay": self.lr_decay, "weight_decay": self.weight_decay, "eps": self.eps}
+
+
+Optimizer = SGD | Adam | AdamW | Adagrad
 
 
 def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimizer | None = None,
@@ -116,14 +137,15 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
         return g.verify()
 
     state_in: dict[str, list[Value]] = {}
+    fill = optimizer.initial_accumulator_value if isinstance(optimizer, Adagrad) else 0
     for p in params:
         state_in[p.name] = []
         for s in optimizer.state():
             v = g.input(f"{p.name}.{s}", p.shape, p.dtype)
-            g.initial_state[v.name] = np.zeros(p.shape, p.dtype)
+            g.initial_state[v.name] = np.full(p.shape, fill, p.dtype)
             state_in[p.name].append(v)
     step = None
-    if isinstance(optimizer, Adam):
+    if isinstance(optimizer, (Adam, Adagrad)):
         step = g.input("step", [], "int64")
         g.initial_state["step"] = np.zeros((), np.int64)
     lr = g.input("lr", [], pred.dtype)

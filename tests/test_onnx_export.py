@@ -29,10 +29,10 @@ def all_graphs():
                                       emit_grads=True)
 
 
-@pytest.mark.parametrize("inline", [False, True])
-def test_files_pass_full_checker_and_run_in_ort(tmp_path, inline):
+@pytest.mark.parametrize("portable", [False, True])
+def test_files_pass_full_checker_and_run_in_ort(tmp_path, portable):
     for name, g in all_graphs():
-        path = lc.save_onnx(g, tmp_path / f"{name}.onnx", inline=inline)
+        path = lc.save_onnx(g, tmp_path / f"{name}.onnx", portable=portable)
         model = onnx.load(path)
         onnx.checker.check_model(model, full_check=True)
         assert [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] \
@@ -40,7 +40,7 @@ def test_files_pass_full_checker_and_run_in_ort(tmp_path, inline):
         domains = {n.domain for n in model.graph.node}
         body_domains = {n.domain for f in model.functions for n in f.node}
         assert body_domains <= {""}, "function bodies use standard ops only"
-        assert domains <= ({""} if inline else {"", "lincompile"})
+        assert domains <= ({""} if portable else {"", "lincompile"})
         assert not any("microsoft" in d or "preview" in d for d in domains)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feeds = lc.random_feeds(g, batch=3)

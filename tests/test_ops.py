@@ -144,4 +144,5 @@ def test_every_declared_op_is_covered():
         g, wrt = objective(case)
         used |= {n.op for n in lc.grad(g, of="L", wrt=wrt).nodes}
     optim = {"sgd", "adam", "adamw"}  # covered by tests/test_training.py
+    optim |= {"adagrad", "onnx_momentum", "onnx_adam"}  # by tests/test_preview_ops.py
     assert set(lc.ops.OPS) - used - optim == set()

@@ -30,7 +30,7 @@ from .render import CTYPES, Lang, c_comment, c_literal, render
 
 ACTS = {"relu": 1, "sigmoid": 2, "tanh": 3}
 VIEWS = ("flatten", "reshape", "identity")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "onnx_momentum", "onnx_adam")
 #: GEMM routine per (trans_a, trans_b): nt is X·Wᵀ, nn is dY·W, tn is dYᵀ·X.
 GEMMS = {(False, True): "nt", (False, False): "nn", (True, False): "tn", (True, True): "tt"}
 SMALL_N = 16   # at most this many output columns: lc_small_nt rather than the tiled GEMM
@@ -335,12 +335,51 @@ def _adam(step: CStep, ctx: Context) -> dict[str, str]:
             "wd_d": c_literal(a["weight_decay"], dbl)}
 
 
+def _adagrad(step: CStep, ctx: Context) -> dict[str, str]:
+    a = step.node.attrs
+    p, g, h, stepv, lr = step.inputs
+    ct = CTYPES[p.dtype]
+    return {**_common(p, ctx), "p": ctx.ptr(p), "g": ctx.ptr(g), "h": ctx.ptr(h),
+            "step": ctx.ptr(stepv), "lr": ctx.ptr(lr), "p_next": ctx.ptr(step.outputs[0]),
+            "h_next": ctx.ptr(step.outputs[1]),
+            "lr_decay": c_literal(a["lr_decay"], CTYPES["float64"]),
+            "wd": c_literal(a["weight_decay"], ct) if a["weight_decay"] else "",
+            "eps": c_literal(a["eps"], ct)}
+
+
+def _onnx_momentum(step: CStep, ctx: Context) -> dict[str, str]:
+    a = step.node.attrs
+    x, g, v, t, r = step.inputs
+    ct = CTYPES[x.dtype]
+    return {**_common(x, ctx), "x": ctx.ptr(x), "g": ctx.ptr(g), "v": ctx.ptr(v),
+            "t": ctx.ptr(t), "r": ctx.ptr(r), "x_next": ctx.ptr(step.outputs[0]),
+            "v_next": ctx.ptr(step.outputs[1]), "nesterov": bool(a["nesterov"]),
+            "nc": c_literal(a["norm_coefficient"], ct), "alpha": c_literal(a["alpha"], ct),
+            "beta": c_literal(a["beta"], ct)}
+
+
+def _onnx_adam(step: CStep, ctx: Context) -> dict[str, str]:
+    a = step.node.attrs
+    x, g, v, h, t, r = step.inputs
+    ct, dbl = CTYPES[x.dtype], CTYPES["float64"]
+    xn, vn, hn = (ctx.ptr(o) for o in step.outputs)
+    return {**_common(x, ctx), "x": ctx.ptr(x), "g": ctx.ptr(g), "v": ctx.ptr(v),
+            "h": ctx.ptr(h), "t": ctx.ptr(t), "r": ctx.ptr(r), "x_next": xn, "v_next": vn,
+            "h_next": hn, "nc": c_literal(a["norm_coefficient"], ct),
+            "alpha": c_literal(a["alpha"], ct), "beta": c_literal(a["beta"], ct),
+            "one_alpha": c_literal(1 - a["alpha"], ct), "one_beta": c_literal(1 - a["beta"], ct),
+            "alpha_d": c_literal(a["alpha"], dbl), "beta_d": c_literal(a["beta"], dbl),
+            "eps": c_literal(a["epsilon"], ct),
+            "keep": c_literal(1 - a["norm_coefficient_post"], ct)}
+
+
 KERNELS: dict[str, Callable[[CStep, Context], dict]] = {
     "linear": _gemm, "matmul": _gemm, "sgd_gemm": _gemm, "binary": _binary,
     "broadcast_to": _broadcast_to,
     "reduce_sum": _reduce_sum, "activation": _activation, "activation_grad": _activation_grad,
     "copy": _copy, "mse": _mse, "mse_grad": _mse_grad, "softmax_cross_entropy": _sce,
     "softmax_cross_entropy_grad": _sce, "sgd": _sgd, "adam": _adam,
+    "adagrad": _adagrad, "onnx_momentum": _onnx_momentum, "onnx_adam": _onnx_adam,
 }
 
 

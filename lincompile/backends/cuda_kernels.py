@@ -38,6 +38,7 @@ from .render import CTYPES, CUDA, render, wrap_args
 
 #: Steps whose body is the shared C template, run one thread per element.
 NEUTRAL = ("activation", "activation_grad", "binary", "broadcast_to", "mse_grad", "sgd", "adam")
+NEUTRAL += ("adagrad", "onnx_momentum", "onnx_adam")   # the other optimizer updates
 MAX_PARTS = 256        # partial sums of the two-pass mse (LC_MAX_PARTS)
 COLSUM_CHUNKS = 64     # LC_COLSUM_MAX_CHUNKS of templates/cuda/reduce.cu.j2
 SUM_PARTIALS = 1024    # LC_SUM_MAX_PARTIALS of templates/cuda/reduce.cu.j2

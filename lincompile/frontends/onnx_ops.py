@@ -8,13 +8,17 @@ IR nodes; ``None`` means the node was folded (a constant) or bound by the functi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
-from ..backends.onnx_builder import DOMAIN
+from ..backends.onnx_builder import DOMAIN, FUSED_KEY, OnnxBuilder
+from ..errors import LincompileError, ModelLoadError
 from ..ir import Value
-from ..ops import OPS
+from ..ops import OPS, get_op
+from ..ops.preview import DOMAIN as PREVIEW
 from .onnx_import import Const, Importer
 
 #: What an import function returns: the node's output value(s), or None (see above).
@@ -211,6 +215,120 @@ def function_call(imp: Importer, node: onnx.NodeProto) -> Result:
                     n_out=len(node.output), **attrs)
 
 
+# ------------------------------------------------------------------ ai.onnx.preview.training
+def _preview_attrs(imp: Importer, node: onnx.NodeProto, names: dict[str, str]) -> dict:
+    """The IR attributes (``names``: ONNX name → IR name) with the spec's defaults."""
+    schema = onnx.defs.get_schema(node.op_type, imp.opsets.get(PREVIEW, 1), PREVIEW)
+    given = _attrs(node)
+    out = {}
+    for onnx_name, ir_name in names.items():
+        if onnx_name in given:
+            value = given[onnx_name]
+        elif schema.attributes[onnx_name].default_value.type:
+            value = helper.get_attribute_value(schema.attributes[onnx_name].default_value)
+        else:
+            raise imp.unsupported(f"attribute '{onnx_name}' is required")
+        out[ir_name] = value.decode() if isinstance(value, bytes) else _float(value)
+    return out
+
+
+def _optimizer(op: str, n_state: int, names: dict[str, str]):
+    """An ONNX optimizer node (inputs R, T, X1..Xn, G1..Gn, then each state's n tensors;
+    outputs the new X1..Xn, then each new state) as one IR node per tensor."""
+    def run(imp: Importer, node: onnx.NodeProto) -> Result:
+        attrs = _preview_attrs(imp, node, names)
+        if op == "onnx_momentum":
+            mode = attrs.pop("mode")
+            if mode not in ("standard", "nesterov"):
+                raise imp.unsupported(f"mode '{mode}' (only 'standard' and 'nesterov')")
+            attrs["nesterov"] = mode == "nesterov"
+        ins, outs = list(node.input), list(node.output)
+        n, rest = divmod(len(ins) - 2, 2 + n_state)
+        if n < 1 or rest or len(outs) != n * (1 + n_state) or not all(ins) or not all(outs):
+            raise imp.unsupported(f"inputs R, T and {2 + n_state} tensors per optimized tensor "
+                                  f"(got {len(ins)}), and all {1 + n_state} outputs per tensor "
+                                  f"(got {len(outs)})")
+        r, t = imp.value(ins[0]), imp.value(ins[1])
+        lists = [ins[2 + j * n: 2 + (j + 1) * n] for j in range(2 + n_state)]
+        results = [imp.emit(op, [imp.value(x[i]) for x in lists] + [t, r], n_out=1 + n_state,
+                            **attrs) for i in range(n)]
+        return tuple(res[k] for k in range(1 + n_state) for res in results)
+    return run
+
+
+def _recompute(imp: Importer, names: list[str], feeds: list[Value], y: Value) -> Value:
+    """``y`` computed from ``feeds`` in place of the tensors ``names``: the nodes between
+    them and ``y`` emitted again where a fed value differs from the named one."""
+    swap = {imp.value(k).name: f for k, f in zip(names, feeds) if imp.value(k) is not f}
+    if not swap:
+        return y
+    needed, chain = {y.name}, []
+    for n in reversed(imp.g.nodes):
+        if any(o.name in needed for o in n.outputs) and not any(o.name in swap
+                                                                  for o in n.outputs):
+            needed.update(i.name for i in n.inputs)
+            chain.append(n)
+    now = dict(swap)
+    for n in reversed(chain):
+        if any(i.name in now for i in n.inputs):
+            base = f"{imp.node.name or 'Gradient'}/{n.name}"
+            res = imp.g.apply(n.op, [now.get(i.name, i) for i in n.inputs],
+                              name=imp.node_name(base),
+                              outputs=[imp.tmp(f"{base}.{i}") for i in range(len(n.outputs))],
+                              **n.attrs)
+            now.update(zip((o.name for o in n.outputs),
+                           res if isinstance(res, tuple) else (res,)))
+    return now.get(y.name, y)
+
+
+def gradient(imp: Importer, node: onnx.NodeProto) -> Result:
+    """``Gradient(xs, zs, y)``: lincompile's autodiff of the graph from ``xs`` to ``y`` at
+    the fed values; for a non-scalar ``y``, the gradient of the sum of its elements."""
+    from ..autodiff import append_grads
+
+    at = _attrs(node)
+    xs = [s.decode() for s in at.get("xs", [])]
+    zs = [s.decode() for s in at.get("zs", [])]
+    y = at.get("y", b"").decode()
+    if not xs or len(node.input) != len(xs) + len(zs) or len(node.output) > len(xs):
+        raise imp.unsupported(f"inputs must be the values of xs then zs ({len(xs)} + "
+                              f"{len(zs)}), and at most one output per x")
+    if y not in imp.g.values and y not in imp.consts:
+        raise imp.unsupported(f"y '{y}' must be computed before the Gradient node")
+    feeds = [imp.value(i) for i in node.input]
+    of = _recompute(imp, xs + zs, feeds, imp.value(y))
+    if of.shape != ():
+        of = imp.emit("reduce_sum", [of])
+    grads = append_grads(imp.g, of, feeds[:len(xs)])
+    imp.node_names.update(n.name for n in imp.g.nodes)
+    seen: set[int] = set()
+    names, values = [], []
+    for name, x in zip(node.output, feeds):
+        v = grads[x.name]
+        if not name:   # an output left out
+            continue
+        if id(v) in seen or v.name in imp.g.params:   # name a copy
+            v = imp.emit("identity", [v])
+        seen.add(id(v))
+        names.append(name)
+        values.append(v)
+    imp.bind(helper.make_node("Gradient", [], names), tuple(values))
+    return None
+
+
+PREVIEW_IMPORTERS = {
+    "Adagrad": _optimizer("adagrad", 1, {"decay_factor": "lr_decay", "epsilon": "eps",
+                                         "norm_coefficient": "weight_decay"}),
+    "Momentum": _optimizer("onnx_momentum", 1, {"alpha": "alpha", "beta": "beta",
+                                                "mode": "mode",
+                                                "norm_coefficient": "norm_coefficient"}),
+    "Adam": _optimizer("onnx_adam", 2, {a: a for a in ("alpha", "beta", "epsilon",
+                                                       "norm_coefficient",
+                                                       "norm_coefficient_post")}),
+    "Gradient": gradient,
+}
+
+
 IMPORTERS = {
     "Add": _binary("add"), "Flatten": flatten, "Gemm": gemm, "Identity": _unary("identity"),
     "MatMul": matmul, "Mul": _binary("mul"), "ReduceSum": reduce_sum, "Relu": _unary("relu"),
@@ -219,13 +337,101 @@ IMPORTERS = {
     "Transpose": transpose,
 }
 #: What the importer reads, for error messages and docs.
-SUPPORTED = sorted([*IMPORTERS, "Constant"]) + [f"{DOMAIN}.{f}" for f in FUNCTIONS]
+SUPPORTED = sorted([*IMPORTERS, "Constant"]) + [f"{PREVIEW}.{op}" for op in PREVIEW_IMPORTERS] \
+    + [f"{DOMAIN}.{f}" for f in FUNCTIONS]
+
+
+# ------------------------------------------------------------------ portable files
+def _fused_groups(imp: Importer) -> dict[str, list]:
+    """Node name → its record in a portable file's ``lincompile.fused`` metadata (read once;
+    the key is taken out of the graph's metadata, a re-export writes it afresh)."""
+    groups = getattr(imp, "fused_groups", None)
+    if groups is None:
+        groups = {}
+        text = imp.g.meta.pop(FUSED_KEY, None)
+        try:
+            for rec in json.loads(text) if text else []:
+                name, op, attrs, ins, outs, nodes = rec
+                groups.update((n, [name, op, attrs, ins, outs, set(nodes)]) for n in nodes)
+        except (ValueError, TypeError) as e:
+            raise ModelLoadError(f"metadata '{FUSED_KEY}' is not lincompile's: {e}") from None
+        imp.fused_groups = groups
+    return groups
+
+
+def _same_nodes(imp: Importer, mine: OnnxBuilder, theirs: list[onnx.NodeProto],
+                outs: list[str]) -> bool:
+    """``theirs`` is what lincompile writes for the op (``mine``), up to the names of the
+    tensors internal to it; those are used by no other node and are no graph output."""
+    if len(mine.nodes) != len(theirs):
+        return False
+    inits = {t.name: t for t in mine.initializers}
+    ours: set[str] = set()
+    rename: dict[str, str] = {}
+    for a, b in zip(mine.nodes, theirs):
+        if (a.op_type, a.domain, len(a.input), len(a.output)) != \
+                (b.op_type, b.domain, len(b.input), len(b.output)):
+            return False
+        key = lambda n: sorted(x.SerializeToString() for x in n.attribute)
+        if key(a) != key(b):
+            return False
+        for x, y in zip(a.input, b.input):
+            if x in rename:
+                ok = rename[x] == y
+            elif x in inits:
+                c = imp.const(y)
+                ok = c is not None and np.array_equal(c.data, numpy_helper.to_array(inits[x]))
+            else:
+                ok = x == y
+            if not ok:
+                return False
+        for x, y in zip(a.output, b.output):
+            if x in outs:
+                if x != y:
+                    return False
+            else:
+                rename[x] = y
+                ours.add(y)
+    members = {id(n) for n in theirs}
+    outside = {i for n in imp.nodes if id(n) not in members for i in n.input}
+    outside |= {o.name for o in imp.proto.graph.output}
+    return not (ours & outside)
+
+
+def fused(imp: Importer, record: list) -> Result:
+    """One IR op that a portable file wrote out as several nodes: checked against what
+    lincompile writes for it, then imported as that op."""
+    name, op, attrs, ins, outs, names = record
+    theirs = [n for n in imp.nodes if n.name in names]
+    mine = OnnxBuilder({}, portable=True)
+    mine.prefix = name
+    try:
+        opdef = get_op(op)
+        opdef.onnx(mine, ins, outs, **opdef.check_attrs(attrs, name))
+        same = _same_nodes(imp, mine, theirs, outs)
+    except (LincompileError, TypeError, KeyError):
+        same = False
+    if not same:
+        raise imp.unsupported(f"its nodes are recorded ({FUSED_KEY}) as lincompile's op "
+                              f"'{op}' '{name}' but differ from what lincompile writes for it "
+                              "(was the file edited?)")
+    imp.done.update(id(n) for n in theirs)
+    stand_in = helper.make_node(op, ins, outs, name=name)
+    here, imp.node = imp.node, stand_in
+    imp.bind(stand_in, imp.emit(op, [imp.value(i) for i in ins], n_out=len(outs), **attrs))
+    imp.node = here
+    return None
 
 
 def import_node(imp: Importer, node: onnx.NodeProto) -> Result:
     """Import one ONNX node, or raise UnsupportedOpError naming it."""
+    record = _fused_groups(imp).get(node.name)
+    if record is not None:
+        return fused(imp, record)
     if node.domain in ("", "ai.onnx") and node.op_type in IMPORTERS:
         return IMPORTERS[node.op_type](imp, node)
+    if node.domain == PREVIEW and node.op_type in PREVIEW_IMPORTERS:
+        return PREVIEW_IMPORTERS[node.op_type](imp, node)
     if node.domain == DOMAIN and node.op_type in FUNCTIONS \
             and (DOMAIN, node.op_type) in imp.functions:
         return function_call(imp, node)

@@ -2,7 +2,9 @@
 
 ``sgd``: torch.optim.SGD (dampening 0, no Nesterov); the velocity starts at zero, which
 gives torch's first step ``buf = grad`` exactly. ``adam``/``adamw``: torch.optim.Adam and
-AdamW, with bias correction; ``step`` counts the updates already made.
+AdamW, with bias correction; ``step`` counts the updates already made. ``adagrad``:
+torch.optim.Adagrad, which is also ONNX's ``ai.onnx.preview.training`` Adagrad (T = step,
+decay_factor = lr_decay, norm_coefficient = weight_decay, epsilon = eps).
 """
 
 from __future__ import annotations
@@ -125,3 +127,55 @@ def _adam_op(name, fn, decoupled, wd):
 
 adam = _adam_op("adam", "Adam", False, 0.0)
 adamw = _adam_op("adamw", "AdamW", True, 0.01)
+
+
+# -------------------------------------------------------------------------- adagrad
+def _adagrad_infer(p, grad, acc, step, lr, **_):
+    expect(p, what="parameter")
+    for s in (grad, acc):
+        same_shape(p, s)
+    scalar(step, ("int64",), "step")
+    scalar(lr, FLOATS, "learning rate")
+    return [(p.dtype, p.shape)] * 2
+
+
+def _adagrad_ref(p, grad, acc, step, lr, *, lr_decay, weight_decay, eps):
+    r = lr / (1 + step * lr_decay)
+    g = grad + weight_decay * p if weight_decay else grad
+    acc = acc + g * g
+    return (p - r * g / (np.sqrt(acc) + eps)).astype(p.dtype), acc.astype(p.dtype)
+
+
+def _adagrad_body(f, l2):
+    p, grad, acc, step, lr = f.inputs
+    one = f.node("CastLike", [f.const(np.array(1, np.float32), "one"), lr], ["one_like"])
+    if l2:
+        grad = f.node("Add", [grad, f.node("Mul", [f.attr("weight_decay", p), p], ["decay"])],
+                      ["g"])
+    acc2 = f.node("Add", [acc, f.node("Mul", [grad, grad], ["gg"])], [f.outputs[1]])
+    decay = f.node("Mul", [f.node("CastLike", [step, lr], ["t"]), f.attr("lr_decay", lr)],
+                   ["t_decay"])
+    r = f.node("CastLike", [f.node("Div", [lr, f.node("Add", [one, decay], ["1+t_decay"])],
+                                   ["r"]), p], ["r_like"])
+    std = f.node("Add", [f.node("Sqrt", [acc2], ["sqrt_acc"]), f.attr("eps", p)], ["std"])
+    f.node("Sub", [p, f.node("Div", [f.node("Mul", [r, grad], ["rg"]), std], ["update"])],
+           [f.outputs[0]])
+
+
+def _adagrad_onnx(b, ins, outs, *, lr_decay, weight_decay, eps):
+    if weight_decay:
+        b.call("AdagradL2", ins, outs, lambda f: _adagrad_body(f, True), lr_decay=lr_decay,
+               weight_decay=weight_decay, eps=eps)
+    else:
+        b.call("Adagrad", ins, outs, lambda f: _adagrad_body(f, False), lr_decay=lr_decay,
+               eps=eps)
+
+
+adagrad = register(OpDef(
+    "adagrad", ("param", "grad", "sum", "step", "lr"), _adagrad_infer, _adagrad_ref,
+    onnx=_adagrad_onnx, onnx_functions=("Adagrad", "AdagradL2"),
+    attrs={"lr_decay": 0.0, "weight_decay": 0.0, "eps": 1e-10}, kernel="adagrad",
+    domains=(None, None, "nonneg", "count", "positive"),
+    doc="torch.optim.Adagrad = ONNX Adagrad: r = lr / (1 + step·lr_decay); g = grad + wd·p; "
+        "sum += g²; p −= r·g / (√sum + eps)",
+))
