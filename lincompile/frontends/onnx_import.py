@@ -56,13 +56,15 @@ DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64",
 def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
     """Import an ONNX model as a verified :class:`Graph` (see the module docstring)."""
     from .onnx_ops import import_node
+    from .onnx_patterns import find_patterns
 
     proto = read_model(model)
     imp = Importer(proto)
+    fused = find_patterns(imp)   # multi-node GELU/SiLU: their inner nodes are marked done
     for node in imp.nodes:
         if id(node) not in imp.done:
             imp.node = node
-            imp.bind(node, import_node(imp, node))
+            imp.bind(node, fused[id(node)](imp) if id(node) in fused else import_node(imp, node))
     imp.finish()
     return imp.g.verify()
 

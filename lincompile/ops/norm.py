@@ -71,23 +71,33 @@ def _grad_ref(dy, x, scale, *, epsilon):
     return (rstd * (g - a - xhat * b)).astype(dy.dtype)
 
 
-def _onnx(b, ins, outs, epsilon):
-    x, *affine = ins
-    if not affine:   # ONNX requires a scale: ones of x's dtype
-        ones = b.const(np.ones(b.shape_of(x)[-1], np.float32), "ones")
-        affine = [b.node("CastLike", [ones, x], [b.tmp("scale")])]
-    b.node("LayerNormalization", [x, *affine], outs, axis=-1, epsilon=float(epsilon))
-
-
-def _grad_body(f):
-    dy, x, scale = f.inputs
+def _normalized(f, x):
+    """x̂ = (x − mean) · rstd and rstd, over the last axis (the ONNX LayerNormalization
+    equations), with the call's ``epsilon``."""
     axes = f.const(np.array([-1], np.int64), "axes")
     mean = f.node("ReduceMean", [x, axes], ["mean"], keepdims=1)
     d = f.node("Sub", [x, mean], ["d"])
     var = f.node("ReduceMean", [f.node("Mul", [d, d], ["d2"]), axes], ["var"], keepdims=1)
     rstd = f.node("Reciprocal", [f.node("Sqrt", [f.node("Add", [var, f.attr("epsilon", x)],
                                                         ["var_eps"])], ["std"])], ["rstd"])
-    xhat = f.node("Mul", [d, rstd], ["xhat"])
+    return f.node("Mul", [d, rstd], ["xhat"]), rstd, axes
+
+
+def _plain_body(f):
+    xhat, _, _ = _normalized(f, f.inputs[0])
+    f.node("Identity", [xhat], f.outputs)
+
+
+def _onnx(b, ins, outs, epsilon):
+    if len(ins) == 1:   # ONNX LayerNormalization needs a scale: no affine part is a function
+        b.call("LayerNorm", ins, outs, _plain_body, epsilon=epsilon)
+    else:
+        b.node("LayerNormalization", ins, outs, axis=-1, epsilon=float(epsilon))
+
+
+def _grad_body(f):
+    dy, x, scale = f.inputs
+    xhat, rstd, axes = _normalized(f, x)
     g = f.node("Mul", [dy, scale], ["g"])
     a = f.node("ReduceMean", [g, axes], ["mean_g"], keepdims=1)
     gx = f.node("ReduceMean", [f.node("Mul", [g, xhat], ["g_xhat"]), axes], ["mean_gx"],
@@ -121,6 +131,6 @@ def _dscale(g, dy, x, scale, bias=None, *, epsilon, **_):
 layer_norm = register(OpDef(
     "layer_norm", ("x", "scale?", "bias?"), _infer, _ref,
     grad=(_dx, _dscale, lambda g, dy, x, scale, bias, **_: unbroadcast(g, dy, bias)),
-    onnx=_onnx, attrs={"epsilon": 1e-5}, kernel="layer_norm",
+    onnx=_onnx, onnx_functions=("LayerNorm",), attrs={"epsilon": 1e-5}, kernel="layer_norm",
     doc="(x − mean) / √(var + eps) · scale + bias over the last axis",
 ))
