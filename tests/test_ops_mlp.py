@@ -24,8 +24,13 @@ from lincompile.backends.reference import ReferenceExecutable
 C = 6   # features of every op's input [N, 3, C]
 
 
+def _param(g, x, name, shape):
+    """An input of ``x``'s dtype for a case's parameter."""
+    return g.input(name, shape, x.dtype)
+
+
 def _ln(g, x):
-    scale, bias = g.input("ln.scale", [C]), g.input("ln.bias", [C])
+    scale, bias = _param(g, x, "ln.scale", [C]), _param(g, x, "ln.bias", [C])
     return g.apply("layer_norm", [x, scale, bias], epsilon=1e-3)
 
 
@@ -39,23 +44,23 @@ OPS = {
     "log_softmax": lambda g, x: g.log_softmax(x),
     "layer_norm": _ln,
     "layer_norm_plain": lambda g, x: g.apply("layer_norm", [x]),
-    "linear": lambda g, x: g.apply("linear", [x, g.input("fc.weight", [4, C]),
-                                              g.input("fc.bias", [4])]),
-    "linear_nobias": lambda g, x: g.apply("linear", [x, g.input("fc2.weight", [2, C])]),
-    "matmul": lambda g, x: g.matmul(x, g.input("m", [C, 5])),
+    "linear": lambda g, x: g.apply("linear", [x, _param(g, x, "fc.weight", [4, C]),
+                                              _param(g, x, "fc.bias", [4])]),
+    "linear_nobias": lambda g, x: g.apply("linear", [x, _param(g, x, "fc2.weight", [2, C])]),
+    "matmul": lambda g, x: g.matmul(x, _param(g, x, "m", [C, 5])),
 }
 #: the ops whose NaN/Inf behaviour is this file's (the products are the GEMMs')
 SPECIAL = [k for k in OPS if k not in ("linear", "linear_nobias", "matmul")]
 
 
-def objective(cases) -> tuple[lc.Graph, list[str]]:
+def objective(cases, dtype: str = "float32") -> tuple[lc.Graph, list[str]]:
     """Outputs ``L = Σ_k Σ y_k ⊙ r_k`` (r_k fed) and every ``y.<case>``; each case reads
     its own input ``x.<case>``. Returns the graph and the inputs to differentiate."""
     g = lc.Graph("mlp_ops")
     ys, total = [], None
     for k in cases:
-        y = OPS[k](g, g.input(f"x.{k}", ["N", 3, C]))
-        s = g.reduce_sum(g.mul(y, g.input(f"r.{k}", y.shape)))
+        y = OPS[k](g, g.input(f"x.{k}", ["N", 3, C], dtype))
+        s = g.reduce_sum(g.mul(y, g.input(f"r.{k}", y.shape, dtype)))
         total = s if total is None else g.add(total, s)
         ys.append((y, f"y.{k}"))
     g.output(total, name="L")
@@ -65,9 +70,9 @@ def objective(cases) -> tuple[lc.Graph, list[str]]:
 
 
 @functools.cache
-def grad_graph() -> lc.Graph:
+def grad_graph(dtype: str = "float32") -> lc.Graph:
     """Every op forward and backward: outputs L, each y.<case> and each input's .grad."""
-    g, wrt = objective(OPS)
+    g, wrt = objective(OPS, dtype)
     return lc.grad(g, of="L", wrt=wrt)
 
 
@@ -96,6 +101,23 @@ def test_every_target_matches_the_float64_reference(target):
         assert report.ok, f"{target}, batch {batch}:\n{report}"
 
 
+def test_float64_graph_on_c_matches_the_reference():
+    report = lc.validate(grad_graph("float64"), ["reference", "c"], batch=3)
+    assert report.ok and max(r.rel for r in report.rows) < 1e-12, str(report)
+
+
+def test_saved_graph_loads_back_as_the_same_ops(tmp_path):
+    g = grad_graph()
+    back = lc.load_onnx(lc.save_onnx(g, tmp_path / "ops.onnx"))
+    key = lambda n: (n.op, sorted((k, str(v)) for k, v in n.attrs.items()))
+    assert sorted(map(key, back.nodes)) == sorted(map(key, g.nodes))
+    feeds = lc.random_feeds(g, batch=2, seed=4)
+    want = ReferenceExecutable(g, "float64").run(feeds)
+    got = ReferenceExecutable(back, "float64").run(feeds)
+    for k, w in want.items():
+        np.testing.assert_allclose(got[k], w, rtol=1e-12, atol=1e-12, err_msg=k)
+
+
 def test_layer_norm_gradients_need_no_affine_part():
     """dScale and dBias are IR compositions: sums over every leading dim."""
     ops = {n.op for n in grad_graph().nodes}
@@ -104,6 +126,21 @@ def test_layer_norm_gradients_need_no_affine_part():
     g = grad_graph()
     scale_grad = g.producers()["ln.scale.grad"]
     assert scale_grad.op == "reduce_sum" and scale_grad.attrs["axes"] == [0, 1]
+
+
+def test_two_symbolic_dims_run_on_reference_and_onnx_and_are_a_clear_error_in_c():
+    g = lc.Graph("bt", seed=2)
+    x = g.input("x", ["B", "T", 4])
+    g.output(g.layer_norm(g.gelu(g.linear(x, 3, name="fc")), name="ln"), name="y")
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)}
+    want = ReferenceExecutable(g, "float64").run(feeds)["y"]
+    assert want.shape == (2, 5, 3)
+    np.testing.assert_allclose(lc.compile(g, "onnx").run(feeds)["y"], want, rtol=1e-5,
+                               atol=1e-6)
+    for target in COMPILED:
+        if target != "onnx":
+            with pytest.raises(lc.CompileError, match=r"symbolic dims \['B', 'T'\]"):
+                lc.compile(g, target)
 
 
 # ------------------------------------------------------------------ torch
@@ -292,7 +329,8 @@ def _modules(torch):
     nn = torch.nn
 
     class Block(nn.Module):
-        """Pre-norm residual MLP block: x + fc2(gelu(fc1(ln(x))))."""
+        """Pre-norm residual MLP block, its branch scaled and shifted by constants:
+        x + 0.5 · fc2(gelu(fc1(ln(x)))) + 0.25."""
 
         def __init__(self, c=8, hidden=16):
             super().__init__()
@@ -300,7 +338,7 @@ def _modules(torch):
             self.act, self.fc2 = nn.GELU(), nn.Linear(hidden, c)
 
         def forward(self, x):
-            return x + self.fc2(self.act(self.fc1(self.ln(x))))
+            return x + 0.5 * self.fc2(self.act(self.fc1(self.ln(x)))) + 0.25
 
     def acts(head):   # every activation of this file in one stack (few exports)
         return nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 8),
@@ -313,7 +351,7 @@ def _modules(torch):
         "log_softmax": (acts(nn.LogSoftmax(dim=1)), [*stack, "log_softmax"]),
         "mlp_3d": (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)),
                    ["linear", "relu", "linear"]),
-        "block": (Block(), ["layer_norm", "linear", "gelu", "linear", "add"]),
+        "block": (Block(), ["layer_norm", "linear", "gelu", "linear", "mul", "add", "add"]),
         "gelus": (nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 8),
                                 nn.GELU(approximate="tanh"), nn.Linear(8, 3)),
                   ["linear", "gelu", "linear", "gelu", "linear"]),

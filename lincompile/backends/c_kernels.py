@@ -7,6 +7,8 @@ Decisions made here:
 - a ``linear`` whose only reader is a relu/sigmoid/tanh, and whose output is not a graph
   output, runs the activation in the GEMM epilogue and never stores the pre-activation
   (activation gradients read the activation's *output*, so training graphs fuse too);
+  leaky_relu, gelu and silu (whose gradients read the input) run as kernels of their own;
+- a ``[*, C]`` operand of a product is the matrix of its rows (leading dims flattened);
 - ``flatten``/``reshape``/``identity`` are views (no code) unless they make a graph output;
 - a weight gradient ``dW = dYᵀ·X`` read only by a plain SGD update (no momentum, no decay)
   is accumulated straight into ``P.next`` by the GEMM (``beta = 1, alpha = −lr``), at the

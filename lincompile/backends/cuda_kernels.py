@@ -6,7 +6,9 @@ Decisions made here, on top of the C backend's:
 - elementwise steps (activations and their gradients, broadcasting add/mul, broadcast_to,
   mse_grad, sgd, adam/adamw) reuse the language-neutral bodies of ``templates/c/`` rendered
   with the CUDA row of the language table (one thread per element) inside a ``__global__``
-  wrapper, ``k<step>_<op>``, whose parameters are the tensors the body touches;
+  wrapper, ``k<step>_<op>``, whose parameters are the tensors the body touches; the
+  row-wise bodies (softmax, log_softmax, layer_norm and their gradients) run one thread
+  per row, a loop over the row in double as in C;
 - the Linear products call the tiled GEMMs of ``templates/cuda/gemm.cu.j2`` (bias and
   activation fused in the epilogue as in C); the fused plain-SGD weight update accumulates
   ``−lr · dW`` into ``P.next`` with the learning rate read on the device;
