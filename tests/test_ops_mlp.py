@@ -118,14 +118,16 @@ def test_saved_graph_loads_back_as_the_same_ops(tmp_path):
         np.testing.assert_allclose(got[k], w, rtol=1e-12, atol=1e-12, err_msg=k)
 
 
-def test_layer_norm_gradients_need_no_affine_part():
-    """dScale and dBias are IR compositions: sums over every leading dim."""
-    ops = {n.op for n in grad_graph().nodes}
-    assert {"layer_norm_grad", "leaky_relu_grad", "gelu_grad", "silu_grad", "softmax_grad",
-            "log_softmax_grad"} <= ops
+def test_gradients_are_the_dedicated_ops_and_sums_over_leading_dims():
+    """dInput of each op is its *_grad op; dScale, dBias and dWeight sum over [N, 3]."""
     g = grad_graph()
-    scale_grad = g.producers()["ln.scale.grad"]
-    assert scale_grad.op == "reduce_sum" and scale_grad.attrs["axes"] == [0, 1]
+    assert {"layer_norm_grad", "leaky_relu_grad", "gelu_grad", "silu_grad", "softmax_grad",
+            "log_softmax_grad"} <= {n.op for n in g.nodes}
+    made = g.producers()
+    for name in ("ln.scale.grad", "ln.bias.grad", "fc.bias.grad"):
+        assert (made[name].op, made[name].attrs["axes"]) == ("reduce_sum", [0, 1]), name
+    dw = made["fc.weight.grad"]
+    assert dw.op == "matmul" and dw.attrs["trans_a"] and dw.inputs[1].name == "x.linear"
 
 
 def test_two_symbolic_dims_run_on_reference_and_onnx_and_are_a_clear_error_in_c():
@@ -299,6 +301,16 @@ def test_layer_normalization_import_and_refusals():
     with pytest.raises(lc.UnsupportedOpError, match="Mean/InvStdDev"):
         lc.load_onnx(_nodes([node(outs=("y", "mean"))], [("x", ["N", 4])],
                             [("y", ["N", 4]), ("mean", ["N", 1])], inits))
+
+
+def test_swish_of_alpha_1_is_silu():
+    def load(alpha):
+        node = helper.make_node("Swish", ["x"], ["y"], name="sw", alpha=alpha)
+        return lc.load_onnx(_nodes([node], [("x", ["N", 3])], [("y", ["N", 3])], opset=24))
+
+    assert [n.op for n in load(1.0).nodes] == ["silu"]
+    with pytest.raises(lc.UnsupportedOpError, match="alpha=2.0"):
+        load(2.0)
 
 
 def test_batched_matmul_is_refused():

@@ -207,6 +207,14 @@ def gelu(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("gelu", [imp.value(node.input[0])], approximate=approximate)
 
 
+def swish(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Swish (opset 24) ``x · sigmoid(alpha · x)``: SiLU when alpha is 1."""
+    alpha = _attrs(node).get("alpha", 1.0)
+    if alpha != 1:
+        raise imp.unsupported(f"alpha={_float(alpha)} (only alpha=1, which is SiLU)")
+    return imp.emit("silu", [imp.value(node.input[0])])
+
+
 def _last_axis(imp: Importer, x: Value, axis: int, what: str) -> None:
     """Refuse unless ``axis`` is the last axis of ``x``."""
     r = len(x.shape)
@@ -303,7 +311,7 @@ IMPORTERS = {
 IMPORTERS.update({
     "Cast": cast, "Dropout": dropout, "Gelu": gelu, "LayerNormalization": layer_normalization,
     "LeakyRelu": leaky_relu, "LogSoftmax": _softmax("log_softmax"),
-    "Softmax": _softmax("softmax"),
+    "Softmax": _softmax("softmax"), "Swish": swish,
 })
 #: What the importer reads, for error messages and docs.
 SUPPORTED = sorted([*IMPORTERS, "Constant"]) + [f"{DOMAIN}.{f}" for f in FUNCTIONS]

@@ -51,7 +51,7 @@ def _linear_nd_body(f):
 
 def _linear_onnx(b, ins, outs):
     if len(b.shape_of(ins[0])) == 2:
-        b.node("Gemm", ins, outs, transB=1)
+        b.node("Gemm", [i for i in ins if i], outs, transB=1)
     else:
         b.call("Linear" if len(ins) == 3 else "LinearNoBias", ins, outs, _linear_nd_body)
 
@@ -75,9 +75,9 @@ linear = register(OpDef(
 def _matmul_infer(a, b, *, trans_a, trans_b):
     _rank2(a)
     _rank2(b)
-    nd = len(a.shape) > 2 or len(b.shape) > 2
-    if nd and not (trans_a and not trans_b and len(a.shape) == len(b.shape)) and not (
-            not trans_a and len(b.shape) == 2):
+    # with leading dims: a [*, K] · b [K, N], or aᵀ · b over the rows both share
+    nd_ok = len(a.shape) == len(b.shape) and not trans_b if trans_a else len(b.shape) == 2
+    if (len(a.shape) > 2 or len(b.shape) > 2) and not nd_ok:
         raise ShapeError(
             f"'{a.name}' {fmt_shape(a.shape)} times '{b.name}' {fmt_shape(b.shape)} "
             f"(trans_a={trans_a}, trans_b={trans_b}): with leading dims, either b is 2-D or "
