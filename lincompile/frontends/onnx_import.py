@@ -2,7 +2,9 @@
 
 Reads models from ``torch.onnx.export`` (TorchScript and dynamo exporters) and every file
 lincompile itself writes (model and training graphs, with their ``lincompile.*`` local
-functions and metadata). The per-op import table is in :mod:`.onnx_ops`.
+functions and metadata). The per-op import table is in :mod:`.onnx_ops`; activations
+that older exporters write as several nodes (GELU, SiLU) are recognised first, by
+:mod:`.onnx_patterns`.
 
 >>> import lincompile as lc, onnx
 >>> from onnx import helper, numpy_helper, TensorProto
@@ -20,7 +22,8 @@ graph m(x: float32[N, 4]) -> (y: float32[N, 3])
 **Initializers** (and ``Constant`` node outputs) become:
 
 - *attributes* where an op takes them as such (Reshape's shape, ReduceSum's axes);
-- *parameters* where they are consumed as a ``linear`` weight or bias: trainable in a
+- *parameters* where they are consumed as a ``linear`` weight or bias, or a
+  ``LayerNormalization`` scale or bias: trainable in a
   model graph, frozen in a training graph (``lincompile.role == "training"``, whose
   trainable parameters are graph inputs already). A weight stored as ``[C_in, C_out]``
   (``MatMul``, ``Gemm`` without ``transB``) is transposed back to ``[C_out, C_in]``; torch's
@@ -56,13 +59,15 @@ DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64",
 def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
     """Import an ONNX model as a verified :class:`Graph` (see the module docstring)."""
     from .onnx_ops import import_node
+    from .onnx_patterns import find_patterns
 
     proto = read_model(model)
     imp = Importer(proto)
+    fused = find_patterns(imp)   # multi-node GELU/SiLU: their inner nodes are marked done
     for node in imp.nodes:
         if id(node) not in imp.done:
             imp.node = node
-            imp.bind(node, import_node(imp, node))
+            imp.bind(node, fused[id(node)](imp) if id(node) in fused else import_node(imp, node))
     imp.finish()
     return imp.g.verify()
 
