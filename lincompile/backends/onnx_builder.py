@@ -47,15 +47,17 @@ class FunctionBuilder:
         return self.node("Constant", [], [name], value=_np_to_proto(value, name))
 
     def attr(self, name: str, like: str) -> str:
-        """The float attribute ``name`` of the call, as a tensor of ``like``'s dtype."""
+        """The float attribute ``name`` of the call, as a tensor of ``like``'s dtype
+        (``name`` itself the first time, ``name_as_<like>`` for each further dtype)."""
         if name not in self.attributes:
             self.attributes.append(name)
-        ref = onnx.AttributeProto(name="value_float", ref_attr_name=name,
-                                  type=onnx.AttributeProto.FLOAT)
-        node = helper.make_node("Constant", [], [f"{name}_f32"])
-        node.attribute.append(ref)
-        self.nodes.append(node)
-        return self.node("CastLike", [f"{name}_f32", like], [name])
+            ref = onnx.AttributeProto(name="value_float", ref_attr_name=name,
+                                      type=onnx.AttributeProto.FLOAT)
+            node = helper.make_node("Constant", [], [f"{name}_f32"])
+            node.attribute.append(ref)
+            self.nodes.append(node)
+            return self.node("CastLike", [f"{name}_f32", like], [name])
+        return self.node("CastLike", [f"{name}_f32", like], [f"{name}_as_{like}"])
 
     def build(self) -> onnx.FunctionProto:
         return helper.make_function(

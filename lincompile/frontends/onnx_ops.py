@@ -297,6 +297,7 @@ def function_call(imp: Importer, node: onnx.NodeProto) -> Result:
     attrs = {**FUNCTION_ATTRS.get(node.op_type, {}),
              **{a.name: _float(a.f) for a in node.attribute}}
     op = FUNCTIONS[node.op_type]
+    attrs = {k: v for k, v in attrs.items() if k not in OPS[op].onnx_derived}
     if op == "linear":   # weight and bias are parameters, as in a Gemm
         ins = [imp.value(node.input[0])] + [imp.linear_param(i) if imp.is_input(i) else
                                             imp.value(i) for i in node.input[1:]]
