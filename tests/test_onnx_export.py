@@ -127,3 +127,25 @@ def test_adam_first_step_in_onnxruntime_is_exact(opt):
     got = lc.compile(t, "onnx").run(feeds)
     for k in ref:
         assert np.linalg.norm(got[k] - ref[k]) <= 1e-6 * np.linalg.norm(ref[k]), k
+
+
+@pytest.mark.parametrize("op, state, attrs", [
+    ("sgd", [], {}), ("sgd", ["velocity"], {"momentum": 0.9}),
+    ("adam", ["m", "v", "step"], {})], ids=["sgd", "momentum", "adam"])
+def test_updates_without_weight_decay_keep_infinite_parameters(op, state, attrs):
+    """torch skips the decay term at weight_decay = 0; an exported 0·p would turn ±Inf into
+    NaN."""
+    g = lc.Graph("update")
+    p, grad = g.input("p", [4]), g.input("grad", [4])
+    ins = [g.input(s, [] if s == "step" else [4], "int64" if s == "step" else "float32")
+           for s in state]
+    res = g.apply(op, [p, grad, *ins, g.input("lr", [])], name="update", **attrs)
+    g.output(res[0] if state else res, name="upd")
+    feeds = {"p": np.array([np.inf, -np.inf, 1, 2], np.float32),
+             "grad": np.array([0.5, 0.5, 0.5, np.nan], np.float32), "lr": np.float32(0.1),
+             "velocity": np.zeros(4, np.float32), "m": np.zeros(4, np.float32),
+             "v": np.zeros(4, np.float32), "step": np.array(0, np.int64)}
+    feeds = {k: feeds[k] for k in ["p", "grad", *state, "lr"]}
+    want = lc.compile(g, "reference").run(feeds)["upd"]
+    np.testing.assert_array_equal(want[:2], [np.inf, -np.inf])   # as torch
+    np.testing.assert_allclose(lc.compile(g, "onnx").run(feeds)["upd"], want, rtol=1e-6)

@@ -187,8 +187,9 @@ def test_portable_file_reads_back_as_the_same_graph(tmp_path, loss):
 
 
 def test_an_edited_portable_file_is_refused_by_name():
-    model = to_onnx(lc.training_graph(mlp((6, 5, 3)), optimizer=lc.SGD(0.1)), portable=True)
-    # change one attribute inside the first fused op (fc1.weight's SGD update)
+    t = lc.training_graph(mlp((6, 5, 3)), optimizer=lc.SGD(0.1, weight_decay=0.01))
+    model = to_onnx(t, portable=True)
+    # change one attribute inside the first fused op (fc1.weight's SGD update: its decay)
     node = next(n for n in model.graph.node if n.name.startswith("fc1.weight.update")
                 and n.op_type == "Constant")
     node.attribute[0].f = 0.5

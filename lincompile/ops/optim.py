@@ -36,9 +36,12 @@ def _sgd_ref(p, grad, *rest, momentum, weight_decay):
     return (p - lr * v).astype(p.dtype), v.astype(p.dtype)
 
 
-def _sgd_body(f):
+def _sgd_body(f, decay: bool):
     p, grad, *state, lr = f.inputs
-    g = f.node("Add", [grad, f.node("Mul", [f.attr("weight_decay", p), p], ["decay"])], ["g"])
+    g = grad
+    if decay:   # only then: 0·p is NaN where p is ±Inf, and torch skips the term at wd = 0
+        g = f.node("Add", [grad, f.node("Mul", [f.attr("weight_decay", p), p], ["decay"])],
+                   ["g"])
     if state:
         v = f.node("Add", [f.node("Mul", [f.attr("momentum", p), state[0]], ["mv"]), g],
                    [f.outputs[1]])
@@ -47,15 +50,17 @@ def _sgd_body(f):
 
 
 def _sgd_onnx(b, ins, outs, *, momentum, weight_decay):
-    if momentum:
-        b.call("SGDMomentum", ins, outs, _sgd_body, momentum=momentum, weight_decay=weight_decay)
-    else:
-        b.call("SGD", ins, outs, _sgd_body, weight_decay=weight_decay)
+    fn = ("SGDMomentum" if momentum else "SGD") + ("Decay" if weight_decay else "")
+    attrs = {"momentum": momentum} if momentum else {}
+    if weight_decay:
+        attrs["weight_decay"] = weight_decay
+    b.call(fn, ins, outs, lambda f: _sgd_body(f, bool(weight_decay)), **attrs)
 
 
 sgd = register(OpDef(
     "sgd", ("param", "grad", "velocity?", "lr"), _sgd_infer, _sgd_ref, onnx=_sgd_onnx,
-    onnx_functions=("SGD", "SGDMomentum"), attrs={"momentum": 0.0, "weight_decay": 0.0},
+    onnx_functions=("SGD", "SGDMomentum", "SGDDecay", "SGDMomentumDecay"),
+    attrs={"momentum": 0.0, "weight_decay": 0.0},
     kernel="sgd",
     domains=(None, None, None, "positive"),
     doc="g = grad + wd·p; v = momentum·v + g; p −= lr·v",
@@ -84,14 +89,15 @@ def _adam_ref(p, grad, m, v, step, lr, *, beta1, beta2, eps, weight_decay, decou
     return tuple(a.astype(grad.dtype) for a in (p, m, v))
 
 
-def _adam_body(f, decoupled):
+def _adam_body(f, decoupled: bool, decay: bool):
     p, grad, m, v, step, lr = f.inputs
     one = f.node("CastLike", [f.const(np.array(1, np.float32), "one"), p], ["one_like"])
-    b1, b2, eps, wd = (f.attr(a, p) for a in ("beta1", "beta2", "eps", "weight_decay"))
+    b1, b2, eps = (f.attr(a, p) for a in ("beta1", "beta2", "eps"))
+    wd = f.attr("weight_decay", p) if decay else None
     if decoupled:  # AdamW: p ← p · (1 − lr·wd), then Adam without L2
         p = f.node("Mul", [p, f.node("Sub", [one, f.node("Mul", [lr, wd], ["lr_wd"])],
                                      ["shrink"])], ["p_decayed"])
-    else:         # Adam: L2 penalty added to the gradient
+    elif decay:   # Adam: L2 penalty added to the gradient (skipped at wd = 0, as torch)
         grad = f.node("Add", [grad, f.node("Mul", [wd, p], ["decay"])], ["g"])
     m2 = f.node("Add", [f.node("Mul", [b1, m], ["b1m"]),
                         f.node("Mul", [f.attr("one_minus_beta1", p), grad], ["gm"])],
@@ -116,14 +122,23 @@ def _adam_body(f, decoupled):
     f.node("Sub", [p, upd], [f.outputs[0]])
 
 
+def _adam_onnx(b, ins, outs, fn, decoupled, *, weight_decay, **attrs):
+    """AdamW always decays (p · (1 − lr·wd) keeps ±Inf); Adam's L2 term only when wd ≠ 0."""
+    decay = decoupled or bool(weight_decay)
+    if decay:
+        attrs["weight_decay"] = weight_decay
+    b.call(fn if decoupled or not decay else f"{fn}Decay", ins, outs,
+           lambda f: _adam_body(f, decoupled, decay), **attrs,
+           one_minus_beta1=1 - attrs["beta1"], one_minus_beta2=1 - attrs["beta2"])
+
+
 def _adam_op(name, fn, decoupled, wd):
     return register(OpDef(
         name, ("param", "grad", "m", "v", "step", "lr"), _adam_infer,
         lambda *a, **k: _adam_ref(*a, **k, decoupled=decoupled),
-        onnx=lambda b, ins, outs, **attrs: b.call(
-            fn, ins, outs, lambda f: _adam_body(f, decoupled), **attrs,
-            one_minus_beta1=1 - attrs["beta1"], one_minus_beta2=1 - attrs["beta2"]),
-        onnx_functions=(fn,), onnx_derived=("one_minus_beta1", "one_minus_beta2"),
+        onnx=lambda b, ins, outs, **attrs: _adam_onnx(b, ins, outs, fn, decoupled, **attrs),
+        onnx_functions=(fn,) if decoupled else (fn, f"{fn}Decay"),
+        onnx_derived=("one_minus_beta1", "one_minus_beta2"),
         attrs={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": wd}, kernel="adam",
         domains=(None, None, None, "nonneg", "count", "positive"),
         doc=f"torch.optim.{fn} update",
