@@ -26,11 +26,12 @@ def load_onnx(model):
     return _load(model)
 
 
-def save_onnx(graph, path, inline=False):
-    """Write ``graph`` (model or training graph) as a standard ONNX file."""
+def save_onnx(graph, path, inline=False, external_data=None):
+    """Write ``graph`` (model or training graph) as a standard ONNX file (with its tensors
+    in ``<file>.data`` beside it when ``external_data``, by default only past 2 GiB)."""
     from .backends.onnx import save_onnx as _save
 
-    return _save(graph, path, inline=inline)
+    return _save(graph, path, inline=inline, external_data=external_data)
 
 
 __all__ = [
