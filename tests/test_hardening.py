@@ -216,6 +216,11 @@ def test_compile_never_replaces_the_users_own_files(model_file, tmp_path, cli):
         write_cuda_sources({"forward": small()}, out)
     assert sorted(os.listdir(out)) == ["Makefile", "cuda_cpu.h", "model.c", "model.cu",
                                        "model.h"]
+    write_cuda_sources({"forward": small()}, out, force=True)
+    (out / "cuda_cpu.h").write_text("mine\n")
+    with pytest.raises(OverwriteError, match="cuda_cpu.h"):
+        write_cuda_sources({"forward": small()}, out)
+    assert (out / "cuda_cpu.h").read_text() == "mine\n"
 
 
 def test_compile_never_writes_over_its_input_even_with_force(model_file, tmp_path, cli):

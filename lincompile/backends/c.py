@@ -272,8 +272,19 @@ def write_files(files: Mapping[str, str], outdir: str | Path, force: bool = Fals
     so), or with ``force``; each file is written under a temporary name and renamed into
     place, so an interrupted run never leaves a half-written one.
     """
-    refuse_foreign((Path(outdir) / name for name in files), force)
+    refuse_foreign((Path(outdir) / name for name in files
+                    if not _holds(Path(outdir) / name, files[name])), force)
     return write_texts(dict(files), outdir)
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether ``path`` already holds exactly ``text`` (replacing it loses nothing)."""
+    try:
+        return isinstance(text, str) and path.is_file() \
+            and path.stat().st_size == len(text.encode()) \
+            and path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def params_as_inputs(graph: Graph, names: Sequence[str]) -> Graph:
