@@ -26,19 +26,14 @@ def load_onnx(model):
     return _load(model)
 
 
-def save_onnx(graph, path, portable=False, inline=None):
+def save_onnx(graph, path, portable=False, inline=None, external_data=None):
     """Write ``graph`` (model or training graph) as a standard ONNX file; ``portable=True``
     writes one flat graph of default-domain ops for any ONNX runtime (``inline`` is its
-    deprecated former name)."""
+    deprecated former name); ``external_data`` keeps the tensors in ``<file>.data`` beside
+    it (by default only past 2 GiB)."""
     from .backends.onnx import save_onnx as _save
 
-    if inline is not None:
-        import warnings
-
-        warnings.warn("save_onnx(inline=...) is deprecated; use portable=...",
-                      DeprecationWarning, stacklevel=2)
-        portable = portable or inline
-    return _save(graph, path, portable=portable)
+    return _save(graph, path, portable=portable, inline=inline, external_data=external_data)
 
 
 __all__ = [

@@ -64,11 +64,24 @@ def _dims(shape) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
 
-def _positive(kind: type, minimum: float = 0, inclusive: bool = False):
+def _number(kind: type, lo: float, hi: float | None = None, lo_open: bool = False,
+            hi_open: bool = False):
+    """An argparse type: a finite ``kind`` in the range from ``lo`` to ``hi`` (open ends
+    excluded), else one line saying what is allowed."""
+    f = lambda x: f"{x:g}" if kind is float else str(x)
+    rng = (f"in {'(' if lo_open else '['}{f(lo)}, {f(hi)}{')' if hi_open else ']'}"
+           if hi is not None else f"{'>' if lo_open else '≥'} {f(lo)}")
+
     def parse(s: str):
-        v = kind(s)
-        if v < minimum or (v == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'≥' if inclusive else '>'} {minimum}")
+        try:
+            v = kind(s)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{s}'") from None
+        if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and (
+                hi is None or (v < hi if hi_open else v <= hi))):
+            raise argparse.ArgumentTypeError(f"must be a finite number {rng}, got '{s}'"
+                                             if kind is float else f"must be {rng}, got '{s}'")
         return v
     parse.__name__ = kind.__name__
     return parse
@@ -79,9 +92,48 @@ def _betas(s: str) -> tuple[float, float]:
         b1, b2 = (float(b) for b in s.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected B1,B2 (two floats), got '{s}'") from None
-    if not (0 <= b1 < 1 and 0 <= b2 < 1):
-        raise argparse.ArgumentTypeError("betas must lie in [0, 1)")
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):   # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"betas must lie in [0, 1), got '{s}'")
     return b1, b2
+
+
+def _arch(s: str) -> str:
+    from .backends.cuda import check_arch
+
+    try:
+        return check_arch(s)
+    except LincompileError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+#: Bounds of the integer arguments: sane, and far below what would overflow anything.
+_seed = _number(int, 0, 2**63 - 1)
+MAX_BATCH, MAX_EPOCHS, MAX_THREADS = 2**31 - 1, 100_000, 1024
+
+
+def input_files(path: str | Path, outputs: list[Path]) -> list[Path]:
+    """``path`` and, when one of ``outputs`` already exists, the external data files the
+    model names (reading only the file's structure)."""
+    files = [Path(path)]
+    if any(o.exists() for o in outputs):
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception:   # unreadable: load() has said so already
+            return files
+        tensors = [*proto.graph.initializer, *(a.t for n in proto.graph.node
+                                               for a in n.attribute if a.HasField("t"))]
+        files += [Path(path).parent / e.value for t in tensors for e in t.external_data
+                  if e.key == "location"]
+    return files
+
+
+def refuse_overwrite(inputs: list[str], outputs: list[Path]) -> None:
+    """A usage error when an output path is one of the input files (or their data)."""
+    from .files import refuse_inputs
+
+    refuse_inputs(outputs, [f for i in inputs for f in input_files(i, outputs)])
 
 
 def roles(graph) -> tuple[list, list, list]:
@@ -118,20 +170,21 @@ def _training_args(p, required: bool):
     p.add_argument("--optimizer", required=required,
                    choices=["sgd", "adam", "adamw", "adagrad", "none"],
                    help="'none' writes loss and P.grad outputs only")
-    p.add_argument("--lr", type=_positive(float), metavar="F",
-                   help="learning rate recorded in the file (lincompile.lr); default: "
+    p.add_argument("--lr", type=_number(float, 0, lo_open=True), metavar="F",
+                   help="learning rate recorded in the file (lincompile.lr), > 0; default: "
                         "the optimizer's (sgd and adagrad 0.01, adam/adamw 0.001)")
-    p.add_argument("--momentum", type=_positive(float, inclusive=True), metavar="F",
-                   help="sgd only, default 0")
-    p.add_argument("--weight-decay", type=_positive(float, inclusive=True), metavar="F",
-                   help="default 0 (adamw: 0.01)")
-    p.add_argument("--betas", type=_betas, metavar="B1,B2", help="adam/adamw, default 0.9,0.999")
-    p.add_argument("--eps", type=_positive(float), metavar="F",
-                   help="adam/adamw, default 1e-8; adagrad, default 1e-10")
-    p.add_argument("--lr-decay", type=_positive(float, inclusive=True), metavar="F",
-                   help="adagrad only, default 0")
-    p.add_argument("--initial-accumulator-value", type=_positive(float, inclusive=True),
-                   metavar="F", help="adagrad only, default 0")
+    p.add_argument("--momentum", type=_number(float, 0, 1), metavar="F",
+                   help="sgd only, in [0, 1], default 0")
+    p.add_argument("--weight-decay", type=_number(float, 0), metavar="F",
+                   help="≥ 0, default 0 (adamw: 0.01)")
+    p.add_argument("--betas", type=_betas, metavar="B1,B2",
+                   help="adam/adamw, each in [0, 1), default 0.9,0.999")
+    p.add_argument("--eps", type=_number(float, 0, lo_open=True), metavar="F",
+                   help="adam/adamw, > 0, default 1e-8; adagrad, default 1e-10")
+    p.add_argument("--lr-decay", type=_number(float, 0), metavar="F",
+                   help="adagrad only, ≥ 0, default 0")
+    p.add_argument("--initial-accumulator-value", type=_number(float, 0),
+                   metavar="F", help="adagrad only, ≥ 0, default 0")
     p.add_argument("--freeze", nargs="+", action="extend", default=[], metavar="NAME",
                    help="parameters to keep fixed (they stay initializers)")
     p.add_argument("--emit-grads", action="store_true", help="also output every P.grad")
@@ -167,9 +220,11 @@ def export_training(a) -> int:
 
     opt = optimizer_from(a)
     model = load(a.model)
+    out = Path(a.output)
+    refuse_overwrite([a.model], [out, out.with_name(out.name + ".data")])
     train = training_graph(model, loss=a.loss, optimizer=opt, frozen=a.freeze,
                            emit_grads=a.emit_grads)
-    path = save_onnx(train, a.output, portable=a.portable)
+    path = save_onnx(train, out, portable=a.portable)
     _, frozen, state = roles(train)
     print(f"wrote {path}: training step of '{model.name}' ({a.loss}, "
           f"{'no optimizer' if opt is None else opt}{', portable form' if a.portable else ''})")
@@ -191,10 +246,11 @@ def _validate_args(p):
     p.add_argument("--targets", default="reference,onnx", metavar="T,...",
                    help="comma-separated backends to check (default: reference,onnx; "
                         f"available: {','.join(TARGETS)})")
-    p.add_argument("--batch", type=_positive(int), default=4, metavar="N",
-                   help="batch size N (default 4)")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="seed of the random feeds (default 0)")
+    p.add_argument("--batch", type=_number(int, 1, MAX_BATCH), default=4, metavar="N",
+                   help="batch size N (default 4); the random feeds and outputs may take at "
+                        "most 2 GiB")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the random feeds, ≥ 0 (default 0)")
 
 
 @command("validate", _validate_args,
@@ -283,6 +339,11 @@ def info(a) -> int:
     return OK
 
 
+#: The files ``compile`` writes into its output folder, per target.
+GENERATED = {"c": ("model.c", "model.h", "Makefile"),
+             "cuda": ("model.cu", "model.h", "Makefile", "cuda_cpu.h")}
+
+
 def _compile_args(p):
     p.add_argument("model", help="an ONNX model or training graph")
     p.add_argument("--target", default="c", choices=["c", "cuda"],
@@ -290,12 +351,16 @@ def _compile_args(p):
                         "points")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                    help="folder for model.c (or model.cu), model.h and a Makefile")
-    p.add_argument("--arch", default="sm_90", help="GPU architecture the CUDA Makefile "
-                   "builds for (default sm_90)")
+    p.add_argument("--arch", type=_arch, default="sm_90",
+                   help="GPU architecture the CUDA Makefile builds for: sm_NN or compute_NN "
+                        "(default sm_90)")
     p.add_argument("--prefix", default="model", help="C name prefix of the entry points "
                    "(<prefix>_forward, <prefix>_train_step); a C identifier")
-    p.add_argument("--threads", type=_positive(int, 1, inclusive=True), default=1, metavar="N",
-                   help="OpenMP threads for the GEMMs (default 1)")
+    p.add_argument("--threads", type=_number(int, 1, MAX_THREADS), default=1, metavar="N",
+                   help=f"OpenMP threads for the GEMMs, 1 to {MAX_THREADS} (default 1)")
+    p.add_argument("--force", action="store_true",
+                   help="replace model.c, model.h, Makefile, … in OUTDIR even if lincompile "
+                        "did not write them")
     p.add_argument("--train", action="store_true",
                    help="also generate the training step (needs --loss and --optimizer)")
     _training_args(p, required=False)
@@ -309,8 +374,12 @@ def _compile_args(p):
 def compile_(a) -> int:
     from . import training_graph
     from .backends.c import write_c_sources
+    from .files import refuse_foreign
 
     graph = load(a.model)
+    out = Path(a.output)
+    refuse_overwrite([a.model], [out / f for f in GENERATED[a.target]])
+    refuse_foreign([out / f for f in GENERATED[a.target]], a.force, "--force")
     is_training = graph.meta.get("lincompile.role") == "training"
     if a.train and is_training:
         raise UsageError(f"{a.model} already is a training graph; drop --train")
@@ -325,9 +394,11 @@ def compile_(a) -> int:
     if a.target == "cuda":
         from .backends.cuda import write_cuda_sources
 
-        paths = write_cuda_sources(graphs, a.output, prefix=a.prefix, arch=a.arch)
+        paths = write_cuda_sources(graphs, a.output, prefix=a.prefix, arch=a.arch,
+                                   force=a.force)
     else:
-        paths = write_c_sources(graphs, a.output, prefix=a.prefix, threads=a.threads)
+        paths = write_c_sources(graphs, a.output, prefix=a.prefix, threads=a.threads,
+                                force=a.force)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     entries = ", ".join(f"{a.prefix}_{e}" for e in graphs)
     print(f"entry points: {entries} (documented in model.h); build: make -C {a.output}")
@@ -363,26 +434,35 @@ def lower(a) -> int:
 
 
 def _demo_args(p):
-    p.add_argument("--epochs", type=_positive(int), default=10, metavar="E", help="default 10")
+    p.add_argument("--epochs", type=_number(int, 1, MAX_EPOCHS), default=10, metavar="E",
+                   help="default 10")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adam",
                    help="default adam (lr 0.01); sgd uses lr 0.1, momentum 0.9")
-    p.add_argument("--lr", type=_positive(float), metavar="F", help="override the learning rate")
-    p.add_argument("--batch-size", type=_positive(int), default=32, metavar="B", help="default 32")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="seed of the split, init and shuffles")
+    p.add_argument("--lr", type=_number(float, 0, lo_open=True), metavar="F",
+                   help="override the learning rate (> 0)")
+    p.add_argument("--batch-size", type=_number(int, 1, MAX_BATCH), default=32, metavar="B",
+                   help="default 32")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the split, init and shuffles (≥ 0)")
     p.add_argument("--out", default="lincompile-demo", metavar="DIR",
                    help="where to write the training graph and the trained model "
                         "(default ./lincompile-demo)")
+    p.add_argument("--force", action="store_true",
+                   help="replace files of the same names in DIR even if lincompile did not "
+                        "write them")
 
 
 @command("demo", _demo_args,
          "train a 64-32-10 MLP on the bundled handwritten digits in onnxruntime",
          "lincompile demo --epochs 5 --optimizer sgd --out /tmp/digits")
 def demo(a) -> int:
-    from .demo import run
+    from .demo import MODEL_FILE, TRAIN_FILE, run
+    from .files import refuse_foreign
 
+    out = Path(a.out)
+    refuse_foreign([out / TRAIN_FILE, out / MODEL_FILE], a.force, "--force")
     run(epochs=a.epochs, optimizer=a.optimizer, out=a.out, lr=a.lr, batch_size=a.batch_size,
-        seed=a.seed)
+        seed=a.seed, force=a.force)
     return OK
 
 

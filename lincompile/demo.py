@@ -17,6 +17,8 @@ import numpy as np
 from . import datasets
 from .backends import compile
 from .backends.onnx import save_onnx
+from .errors import LincompileError
+from .files import refuse_foreign
 from .ir import Graph
 from .training import SGD, Adam, AdamW, training_graph
 
@@ -27,6 +29,7 @@ OPTIMIZERS = {
     "adamw": lambda lr: AdamW(lr or 0.01),
 }
 BAR = 30
+TRAIN_FILE, MODEL_FILE = "digits_mlp_train.onnx", "digits_mlp.onnx"
 
 
 def digits_mlp(seed: int = 0) -> Graph:
@@ -53,21 +56,23 @@ def _bar(done: int, total: int) -> str:
 
 def run(epochs: int = 10, optimizer: str = "adam", out: str | Path = "lincompile-demo",
         lr: float | None = None, batch_size: int = 32, seed: int = 0,
-        stream: TextIO | None = None) -> dict:
+        stream: TextIO | None = None, force: bool = False) -> dict:
     """Train, print progress to ``stream``, write both models to ``out``; returns a summary
-    (``test_accuracy``, ``losses``, ``paths``)."""
+    (``test_accuracy``, ``losses``, ``paths``). Files of the same names already in ``out``
+    are replaced only if lincompile wrote them (or with ``force``)."""
     import onnxruntime as ort
 
     stream = stream or sys.stdout
     say = lambda *a, **k: print(*a, **k, file=stream, flush=True)
     live = stream.isatty()
     out = Path(out)
+    refuse_foreign([out / TRAIN_FILE, out / MODEL_FILE], force)   # before, not after, training
     x, y = datasets.load_digits()
     x_train, y_train, x_test, y_test = datasets.split(x, y, 0.2, seed)
     model = digits_mlp(seed)
     opt = OPTIMIZERS[optimizer](lr)
     train = training_graph(model, loss="cross-entropy", optimizer=opt)
-    train_path = save_onnx(train, out / "digits_mlp_train.onnx")
+    train_path = save_onnx(train, out / TRAIN_FILE)
     session = ort.InferenceSession(str(train_path), providers=["CPUExecutionProvider"])
     state_names = list(train.initial_state)
     out_names = [o.name for o in session.get_outputs()]
@@ -95,11 +100,14 @@ def run(epochs: int = 10, optimizer: str = "adam", out: str | Path = "lincompile
             if live:
                 say(f"\repoch {epoch:>2}/{epochs} {_bar(b + 1, n_batches)}", end="")
         losses.append(total / len(x_train))
+        if not np.isfinite(losses[-1]):   # never write a NaN model and call it trained
+            raise LincompileError(f"training diverged: the loss is {losses[-1]} after epoch "
+                                  f"{epoch} (lr {float(lr_feed):g}); try a smaller --lr")
         acc = accuracy(model, {k: state[k] for k in model.params}, x_test, y_test)
         say(("\r" if live else "") + f"epoch {epoch:>2}/{epochs} {_bar(1, 1)} "
             f"loss {losses[-1]:.4f}  test accuracy {acc:6.1%}")
     seconds = time.perf_counter() - t0
-    model_path = save_onnx(model, out / "digits_mlp.onnx")
+    model_path = save_onnx(model, out / MODEL_FILE)
     say(f"final test accuracy: {acc:.1%} ({round(acc * len(y_test))}/{len(y_test)} held-out "
         f"images) after {epochs} epochs in {seconds:.1f} s")
     say(f"wrote {train_path}  (training step: x, target, lr, parameters and state in; "

@@ -1,4 +1,5 @@
-"""Training graphs: model + loss + chain-rule gradients + optimizer update (DESIGN §4).
+"""Training graphs: model + loss + chain-rule gradients + optimizer update
+(docs/training-graphs.md).
 
 >>> import lincompile as lc
 >>> m = lc.Graph("mlp"); x = m.input("x", ["N", 4])
@@ -13,8 +14,10 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from numbers import Real
 
 import numpy as np
 
@@ -23,6 +26,31 @@ from .errors import LincompileError
 from .ir import Graph, Value
 
 LOSSES = {"cross-entropy": "softmax_cross_entropy", "mse": "mse"}
+#: What a training graph adds per trainable parameter P: "P.grad", "P.next", "P.m", …
+PARAM_SUFFIXES = {"grad": "its gradient", "next": "its updated value",
+                  "velocity": "its SGD momentum", "m": "its Adam first moment",
+                  "v": "its Adam second moment", "sum": "its Adagrad sum of squares",
+                  "velocity.next": "its next SGD momentum", "sum.next": "its next Adagrad sum",
+                  "m.next": "its next Adam first moment", "v.next": "its next Adam second moment"}
+#: The training graph's own inputs and outputs.
+RESERVED = {"target": "the target input", "loss": "the loss output", "lr": "the learning rate",
+            "step": "Adam's step count", "step.next": "the next step count"}
+
+
+class OptimizerError(LincompileError):
+    """An optimizer setting outside its valid range (NaN, infinite, negative, …)."""
+
+
+def _check(opt: object, name: str, lo: float, hi: float | None = None,
+           hi_open: bool = False) -> None:
+    """``opt.name`` is a finite real number in [lo, hi] (or [lo, hi) with ``hi_open``)."""
+    v = getattr(opt, name)
+    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v >= lo \
+        and (hi is None or (v < hi if hi_open else v <= hi))
+    if not ok:
+        where = f"[{lo:g}, {hi:g}{')' if hi_open else ']'}" if hi is not None else f"≥ {lo:g}"
+        raise OptimizerError(f"{type(opt).__name__}: {name} must be a finite number {where}, "
+                             f"got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -34,6 +62,11 @@ class SGD:
     weight_decay: float = 0.0
 
     op = "sgd"
+
+    def __post_init__(self) -> None:   # torch.optim's checks, and finite (JSON metadata)
+        _check(self, "lr", 0)
+        _check(self, "momentum", 0, 1)
+        _check(self, "weight_decay", 0)
 
     def state(self) -> tuple[str, ...]:
         return ("velocity",) if self.momentum else ()
@@ -52,6 +85,21 @@ class Adam:
     weight_decay: float = 0.0
 
     op = "adam"
+
+    def __post_init__(self) -> None:   # torch.optim's checks, and finite (JSON metadata)
+        _check(self, "lr", 0)
+        _check(self, "eps", 0)
+        _check(self, "weight_decay", 0)
+        betas = self.betas
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise OptimizerError(f"{type(self).__name__}: betas must be a pair (beta1, beta2), "
+                                 f"got {betas!r}")
+        object.__setattr__(self, "betas", tuple(betas))
+        for i in range(2):
+            b = betas[i]
+            if not (isinstance(b, Real) and not isinstance(b, bool) and 0 <= b < 1):
+                raise OptimizerError(f"{type(self).__name__}: beta{i + 1} must be a finite "
+                                     f"number in [0, 1), got {b!r}")
 
     def state(self) -> tuple[str, ...]:
         return ("m", "v")
@@ -83,6 +131,10 @@ class Adagrad:
 
     op = "adagrad"
 
+    def __post_init__(self) -> None:   # torch.optim's checks, and finite (JSON metadata)
+        for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
+            _check(self, name, 0)
+
     def state(self) -> tuple[str, ...]:
         return ("sum",)
 
@@ -96,7 +148,8 @@ Optimizer = SGD | Adam | AdamW | Adagrad
 def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimizer | None = None,
                    frozen: Sequence[str] = (), emit_grads: bool = False,
                    name: str | None = None) -> Graph:
-    """The training step of ``model`` (one output), with DESIGN §4's input/output names.
+    """The training step of ``model`` (one output), with the input and output names of
+    docs/training-graphs.md.
 
     ``optimizer=None`` outputs ``loss`` and every ``P.grad``; otherwise ``P.next`` and the
     optimizer state ``S.next`` (plus ``P.grad`` when ``emit_grads``).
@@ -114,9 +167,15 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     for f in frozen:
         g.params[f].trainable = False
     pred, model_inputs = g.outputs[0], list(g.inputs)
-    if "target" in g.values or "loss" in g.values or "lr" in g.values:
-        raise LincompileError("the names 'target', 'loss' and 'lr' are reserved for the "
-                              "training graph; rename those tensors of the model")
+    reserved = dict(RESERVED)
+    for p in g.trainable():
+        reserved.update({f"{p.name}.{s}": f"{what} of '{p.name}'"
+                         for s, what in PARAM_SUFFIXES.items()})
+    clash = next((v for v in g.values if v in reserved), None)
+    if clash:
+        raise LincompileError(f"tensor '{clash}' of model '{model.name}' has a name the "
+                              f"training graph reserves for {reserved[clash]}; rename it in "
+                              "the model")
     target = (g.input("target", [pred.shape[0]], "int64") if loss == "cross-entropy"
               else g.input("target", pred.shape, pred.dtype))
     loss_v = g.apply(LOSSES[loss], [pred, target], name="loss")
@@ -164,5 +223,6 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     g.inputs = [*model_inputs, target, *(v for p in params for v in (p, *state_in[p.name])),
                 *([step] if step is not None else []), lr]
     g.meta["lincompile.lr"] = repr(float(optimizer.lr))
-    g.meta["lincompile.optimizer"] = json.dumps({"type": optimizer.op, **asdict(optimizer)})
+    g.meta["lincompile.optimizer"] = json.dumps({"type": optimizer.op, **asdict(optimizer)},
+                                                allow_nan=False)
     return g.verify()

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import CompileError, FeedError
+from ..files import refuse_foreign, write_texts
 from ..ir import Graph, Value
 from .base import Executable
 from .build import build, bytecode_dir, cc_line, load_library
@@ -278,9 +279,11 @@ class _Source:
 
 def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str = "model",
                     cflags: Sequence[str] | None = None, threads: int = 1,
-                    init: bool = True) -> list[Path]:
+                    init: bool = True, force: bool = False) -> list[Path]:
     """Write ``model.c``, ``model.h`` and a ``Makefile`` for ``graphs`` (entry name ->
     graph, e.g. ``{"forward": model, "train_step": training_graph(model, ...)}``).
+    Files of those names already in ``outdir`` are replaced only if lincompile wrote them
+    (or with ``force``).
 
     When a training graph is among them, the other graphs read its trainable parameters
     as inputs (same names, after their own inputs) instead of baking them in, so a C
@@ -295,7 +298,7 @@ def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str
     files["Makefile"] = render("c/Makefile.j2", None, version=__version__, file="model.c",
                                header="model.h", lib="libmodel.so", obj="model.o",
                                cflags=" ".join(cflags))
-    return write_files(files, outdir)
+    return write_files(files, outdir, force)
 
 
 def share_trained(graphs: Mapping[str, Graph]) -> dict[str, Graph]:
@@ -309,13 +312,27 @@ def share_trained(graphs: Mapping[str, Graph]) -> dict[str, Graph]:
             for name, g in graphs.items()}
 
 
-def write_files(files: Mapping[str, str], outdir: str | Path) -> list[Path]:
-    """Write each ``name -> text`` into ``outdir`` (made if needed); the paths written."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out / name).write_text(text)
-    return [out / name for name in files]
+def write_files(files: Mapping[str, str], outdir: str | Path, force: bool = False
+                ) -> list[Path]:
+    """Write each ``name -> text`` into ``outdir`` (made if needed); the paths written.
+
+    A file already there is replaced only if lincompile generated it (its header line says
+    so), or with ``force``; each file is written under a temporary name and renamed into
+    place, so an interrupted run never leaves a half-written one.
+    """
+    refuse_foreign((Path(outdir) / name for name in files
+                    if not _holds(Path(outdir) / name, files[name])), force)
+    return write_texts(dict(files), outdir)
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether ``path`` already holds exactly ``text`` (replacing it loses nothing)."""
+    try:
+        return isinstance(text, str) and path.is_file() \
+            and path.stat().st_size == len(text.encode()) \
+            and path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def params_as_inputs(graph: Graph, names: Sequence[str]) -> Graph:

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 
 from .. import __version__
 from ..errors import CompileError, LincompileError
+from ..files import write_atomically
 from ..ir import Graph, Value
 from ..ops import get_op
 from .base import Executable
@@ -68,13 +69,22 @@ def to_onnx(graph: Graph, portable: bool = False) -> onnx.ModelProto:
     return model
 
 
+#: Above this many bytes of tensor data a model is saved with its tensors in ``NAME.data``
+#: beside it (one protobuf message cannot pass 2 GiB).
+EXTERNAL_DATA_BYTES = 2**31 - 2**26
+
+
 def save_onnx(graph: Graph, path: str | os.PathLike, portable: bool = False,
-              inline: bool | None = None) -> Path:
+              inline: bool | None = None, external_data: bool | None = None) -> Path:
     """Write ``graph`` to ``path`` after ``onnx.checker`` (full check) accepts it.
 
     ``portable=True`` writes one flat graph of default-domain ops (no local functions, one
     opset import) that every ONNX runtime can run; it loads back into lincompile as the
     same graph. ``inline`` is the former name of ``portable`` (deprecated).
+    ``external_data`` keeps the tensors in ``<file name>.data`` beside the model (default:
+    only when they pass :data:`EXTERNAL_DATA_BYTES`). Every file is written under a
+    temporary name and renamed into place, so an interrupted save leaves no half-written
+    model.
     """
     if inline is not None:
         warnings.warn("save_onnx(inline=...) is deprecated; use portable=...",
@@ -83,8 +93,21 @@ def save_onnx(graph: Graph, path: str | os.PathLike, portable: bool = False,
     model = to_onnx(graph, portable=portable)
     check(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, path)
+    if external_data is None:
+        external_data = sum(len(t.raw_data) for t in model.graph.initializer) \
+            > EXTERNAL_DATA_BYTES
+    data = f"{path.name}.data"
+
+    def write(tmp: Path) -> list[str]:
+        if not external_data:
+            onnx.save_model(model, tmp / path.name)
+            return [path.name]
+        onnx.save_model(model, tmp / path.name, save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data, size_threshold=0)
+        # the data first, so that a model never names missing data (none without tensors)
+        return [n for n in (data, path.name) if (tmp / n).exists()]
+
+    write_atomically(path.parent, write)
     return path
 
 
