@@ -330,6 +330,7 @@ def _adam(step: CStep, ctx: Context) -> dict[str, str]:
             "beta1": c_literal(a["beta1"], dbl), "beta2": c_literal(a["beta2"], dbl),
             "b1": c_literal(a["beta1"], ct), "b2": c_literal(a["beta2"], ct),
             "one_b1": c_literal(1 - a["beta1"], ct), "one_b2": c_literal(1 - a["beta2"], ct),
+            "lerp_small": abs(1 - a["beta1"]) < 0.5,   # the branch torch.lerp takes
             "eps": c_literal(a["eps"], ct),
             "wd": c_literal(a["weight_decay"], ct) if a["weight_decay"] else "",
             "wd_d": c_literal(a["weight_decay"], dbl)}

@@ -95,21 +95,25 @@ def _sce_ref(logits, labels):
 
 
 def _sce_grad_ref(dloss, logits, labels):
-    p = np.exp(log_softmax(logits))
-    p[np.arange(len(labels)), labels] -= 1
-    return (p * (dloss / len(labels))).astype(logits.dtype)
+    # softmax · s, then s taken off at the label (s = dloss / N): torch's order, which gives
+    # NaN at the label for an infinite dloss, where (softmax − onehot) · s would give −Inf.
+    scale = dloss / len(labels)
+    g = np.exp(log_softmax(logits)) * scale
+    g[np.arange(len(labels)), labels] -= scale
+    return g.astype(logits.dtype)
 
 
 def _sce_grad_body(f):
-    dloss, logits, labels = f.inputs   # dloss · (softmax(logits) − onehot(labels)) / N
-    probs = f.node("Softmax", [logits], ["probs"], axis=1)
-    depth = f.node("Shape", [logits], ["classes"], start=1, end=2)
-    values = f.node("CastLike", [f.const(np.array([0, 1], np.float32), "off_on"), logits],
-                    ["values"])
-    onehot = f.node("OneHot", [labels, depth, values], ["onehot"], axis=-1)
+    dloss, logits, labels = f.inputs   # softmax(logits) · s − onehot(labels) · s, s = dloss / N
     n = f.node("CastLike", [f.node("Shape", [logits], ["batch"], start=0, end=1), logits], ["n"])
     scale = f.node("Div", [dloss, n], ["scale"])
-    f.node("Mul", [f.node("Sub", [probs, onehot], ["diff"]), scale], f.outputs)
+    probs = f.node("Mul", [f.node("Softmax", [logits], ["softmax"], axis=1), scale], ["probs"])
+    depth = f.node("Shape", [logits], ["classes"], start=1, end=2)
+    # the label's column by Where, not by multiplying a one-hot (0 · Inf would be NaN)
+    values = f.const(np.array([0, 1], np.float32), "off_on")
+    onehot = f.node("OneHot", [labels, depth, values], ["onehot"], axis=-1)
+    at = f.node("Greater", [onehot, f.const(np.array(0.5, np.float32), "half")], ["at_label"])
+    f.node("Where", [at, f.node("Sub", [probs, scale], ["minus_scale"]), probs], f.outputs)
 
 
 sce_grad = register(OpDef(

@@ -3,6 +3,10 @@
 ``sgd``: torch.optim.SGD (dampening 0, no Nesterov); the velocity starts at zero, which
 gives torch's first step ``buf = grad`` exactly. ``adam``/``adamw``: torch.optim.Adam and
 AdamW, with bias correction; ``step`` counts the updates already made.
+
+Special values follow torch too: a zero weight decay adds nothing (not ``0 · p``, which is
+NaN for an infinite parameter), and Adam's first moment is torch's ``m.lerp_(grad, 1 − β1)``
+(:func:`lerp`), whose NaN/Inf results differ from ``β1·m + (1 − β1)·grad`` when m is infinite.
 """
 
 from __future__ import annotations
@@ -34,9 +38,22 @@ def _sgd_ref(p, grad, *rest, momentum, weight_decay):
     return (p - lr * v).astype(p.dtype), v.astype(p.dtype)
 
 
+def lerp(a, b, w: float):
+    """torch.lerp with a scalar weight: ``a + w·(b − a)`` for ``|w| < 0.5``, else
+    ``b − (b − a)·(1 − w)`` (the same up to rounding, not for infinite ``a``)."""
+    return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1 - w)
+
+
+def _weight_decay(f, grad, p, wd):
+    """grad + wd·p, and grad itself when wd is 0 (0 · Inf would be NaN), as torch does."""
+    decayed = f.node("Add", [grad, f.node("Mul", [wd, p], ["decay"])], ["decayed"])
+    zero = f.node("CastLike", [f.const(np.array(0, np.float32), "zero"), p], ["zero_like"])
+    return f.node("Where", [f.node("Equal", [wd, zero], ["no_decay"]), grad, decayed], ["g"])
+
+
 def _sgd_body(f):
     p, grad, *state, lr = f.inputs
-    g = f.node("Add", [grad, f.node("Mul", [f.attr("weight_decay", p), p], ["decay"])], ["g"])
+    g = _weight_decay(f, grad, p, f.attr("weight_decay", p))
     if state:
         v = f.node("Add", [f.node("Mul", [f.attr("momentum", p), state[0]], ["mv"]), g],
                    [f.outputs[1]])
@@ -75,7 +92,7 @@ def _adam_ref(p, grad, m, v, step, lr, *, beta1, beta2, eps, weight_decay, decou
     elif weight_decay:
         grad = grad + weight_decay * p
     t = float(step) + 1
-    m = beta1 * m + (1 - beta1) * grad
+    m = lerp(m, grad, 1 - beta1)
     v = beta2 * v + (1 - beta2) * grad * grad
     denom = np.sqrt(v) / np.sqrt(1 - beta2**t) + eps
     p = p - (lr / (1 - beta1**t)) * (m / denom)
@@ -90,9 +107,14 @@ def _adam_body(f, decoupled):
         p = f.node("Mul", [p, f.node("Sub", [one, f.node("Mul", [lr, wd], ["lr_wd"])],
                                      ["shrink"])], ["p_decayed"])
     else:         # Adam: L2 penalty added to the gradient
-        grad = f.node("Add", [grad, f.node("Mul", [wd, p], ["decay"])], ["g"])
-    m2 = f.node("Add", [f.node("Mul", [b1, m], ["b1m"]),
-                        f.node("Mul", [f.node("Sub", [one, b1], ["1-b1"]), grad], ["gm"])],
+        grad = _weight_decay(f, grad, p, wd)
+    # m.lerp(grad, w), w = 1 − b1: m + w·(grad − m) when w < 0.5, else grad − (grad − m)·b1
+    w = f.node("Sub", [one, b1], ["1-b1"])
+    d = f.node("Sub", [grad, m], ["g-m"])
+    half = f.node("CastLike", [f.const(np.array(0.5, np.float32), "half"), p], ["half_like"])
+    m2 = f.node("Where", [f.node("Less", [w, half], ["small_w"]),
+                          f.node("Add", [m, f.node("Mul", [w, d], ["w_d"])], ["m_small"]),
+                          f.node("Sub", [grad, f.node("Mul", [d, b1], ["d_b1"])], ["m_large"])],
                 [f.outputs[1]])
     gg = f.node("Mul", [grad, grad], ["gg"])
     v2 = f.node("Add", [f.node("Mul", [b2, v], ["b2v"]),
