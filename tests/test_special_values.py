@@ -246,7 +246,7 @@ def torch_zoo(case: int) -> dict[str, np.ndarray]:
     loss.backward(t["dloss"])
     o["softmax_cross_entropy:logits"] = loss.detach()
     o["softmax_cross_entropy_grad:logits"] = logits.grad
-    for name, ins, attrs in SGDS:
+    for name, _, attrs in SGDS:
         p = t["p"].clone().requires_grad_()
         opt = torch.optim.SGD([p], lr=float(t["lr"]), momentum=attrs["momentum"],
                               weight_decay=attrs["weight_decay"])
@@ -316,6 +316,11 @@ def _model(name: str, act: str, bias1: bool = True, residual: bool = False) -> l
     return g
 
 
+#: Adam betas exact in float32 with 1 − β exact too: the ONNX functions take float32
+#: attributes, so with β2 = 0.999 their 1 − β2 is off by 5e-5, which is not what this tests.
+BETAS = (0.875, 1 - 2**-10)
+
+
 @cache
 def structures() -> list[lc.Graph]:
     """A few structures covering every op, loss, optimizer and fusion (the plain-SGD weight
@@ -326,8 +331,9 @@ def structures() -> list[lc.Graph]:
         tg(_model("p_mse_momentum", "tanh"), "mse", lc.SGD(0.1, momentum=0.9,
                                                            weight_decay=0.01)),
         tg(_model("p_ce_sgd", "relu"), "cross-entropy", lc.SGD(0.1)),
-        tg(_model("p_ce_adam", "sigmoid", bias1=False), "cross-entropy", lc.Adam(0.01)),
-        tg(_model("p_mse_adamw", "relu", residual=True), "mse", lc.AdamW(0.01)),
+        tg(_model("p_ce_adam", "sigmoid", bias1=False), "cross-entropy",
+           lc.Adam(0.01, betas=BETAS)),
+        tg(_model("p_mse_adamw", "relu", residual=True), "mse", lc.AdamW(0.01, betas=BETAS)),
     ]
 
 
@@ -346,8 +352,12 @@ def structure_exe(index: int, target: str):
                                  st.sampled_from(sorted(SPECIALS))), min_size=1, max_size=4))
 def test_random_graphs_keep_special_values(index, batch, seed, plants):
     g = structures()[index]
-    feeds = random_feeds(g, batch=batch, seed=seed)
     floats = [v.name for v in g.inputs if v.dtype != "int64" and v.name != "lr"]
+    # Small values keep every pre-activation far from where float32 saturates (tanh(9) is
+    # 1.0f, so 1 − y² = 0 and Inf · 0 = NaN where float64 still gives Inf): the positions of
+    # NaN/Inf then depend on the semantics alone, not on the precision.
+    feeds = {k: a * 0.25 if k in floats else a
+             for k, a in random_feeds(g, batch=batch, seed=seed).items()}
     for which, pos, kind in plants:
         a = feeds[floats[which % len(floats)]].reshape(-1)   # a view: plants in place
         if a.size:
