@@ -24,7 +24,7 @@ from ..errors import CompileError
 from ..ir import Graph, Value
 from .base import Executable
 from .build import build, cache_dir, cc_line
-from .c_kernels import Context, CStep, emit, gemm_dims, gemm_routine, lower
+from .c_kernels import BatchLimit, Context, CStep, emit, gemm_dims, gemm_limits, gemm_routine, lower
 from .plan import Plan, Size, make_plan
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
 
@@ -297,6 +297,7 @@ class CExecutable(Executable):
         self._ws_size.restype, self._ws_size.argtypes = ctypes.c_size_t, [ctypes.c_long]
         self._ws = np.empty(0, np.uint8)
         self._sym = batch_symbol(graph)
+        self._limit = BatchLimit(gemm_limits(entry.steps), self.target)
 
     def source(self) -> str:
         """The generated C file."""
@@ -315,7 +316,7 @@ class CExecutable(Executable):
         for v in self.graph.inputs:
             for d, n in zip(v.shape, np.shape(feeds[v.name])):
                 if isinstance(d, str):
-                    return int(n)
+                    return self._limit.check(int(n))
         return 0
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

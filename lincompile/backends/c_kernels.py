@@ -14,7 +14,10 @@ Decisions made here:
 - outputs at most 16 columns wide (classifier heads) use a dot-product kernel instead of
   the 64-wide register tile;
 - broadcasting loops are merged to the fewest dims with unit or zero strides, so the inner
-  loop vectorizes; reductions accumulate in double in a scratch buffer.
+  loop vectorizes; reductions accumulate in double in a scratch buffer;
+- sizes and indices are ``size_t`` (products of dims pass 2^31 easily); only the GEMMs take
+  single dims as C ``int``: a fixed one above :data:`MAX_GEMM_DIM` is a CompileError, a batch
+  above it a FeedError at run time (:class:`BatchLimit`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import CompileError
+from ..errors import CompileError, FeedError
 from ..ir import Graph, Node, Value
 from ..ops import get_op
 from .plan import Size
@@ -34,6 +37,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 #: GEMM routine per (trans_a, trans_b): nt is X·Wᵀ, nn is dY·W, tn is dYᵀ·X.
 GEMMS = {(False, True): "nt", (False, False): "nn", (True, False): "tn", (True, True): "tt"}
 SMALL_N = 16   # at most this many output columns: lc_small_nt rather than the tiled GEMM
+#: The largest single dimension a GEMM takes (C and CUDA): M, N, K and the leading dims are
+#: C ints, and the tile arithmetic adds at most one tile (< 2^16) to a dimension.
+MAX_GEMM_DIM = 2**31 - 1 - 0xFFFF
 
 
 @dataclass(eq=False)
@@ -97,7 +103,14 @@ def lower(graph: Graph) -> list[CStep]:
         if n.op == "reduce_sum":
             step.scratch = [Size.of_shape(y.shape) * Size(8)]
         steps.append(step)
-    return _fuse_sgd(steps, readers, outputs)
+    steps = _fuse_sgd(steps, readers, outputs)
+    for s in steps:
+        for v, d in gemm_operand_dims(s):
+            if isinstance(d, int) and d > MAX_GEMM_DIM:
+                raise CompileError(f"node '{product(s)[0].name}': tensor '{v.name}' has a "
+                                   f"dimension of {d}; matrix products take dimensions up to "
+                                   f"{MAX_GEMM_DIM}")
+    return steps
 
 
 def _fuse_sgd(steps: list[CStep], readers: dict, outputs: set[str]) -> list[CStep]:
@@ -169,7 +182,14 @@ def _n(v: Value) -> str:
     return Size.of_shape(v.shape).c()
 
 
+def _dim(d) -> str:
+    """A single dimension as C text: the number, or the batch ``bn`` (a size_t)."""
+    return str(d) if isinstance(d, int) else "bn"
+
+
 def _int(d) -> str:
+    """A single dimension as a GEMM's int argument (the batch is checked against
+    :data:`MAX_GEMM_DIM` before every run, so the cast never wraps)."""
     return str(d) if isinstance(d, int) else "(int)bn"
 
 
@@ -200,13 +220,26 @@ def gemm_routine(step: CStep) -> str | None:
     return "lc_gemm_" + GEMMS[ta, tb]
 
 
-def gemm_dims(step: CStep) -> tuple[str, str, str]:
-    """M, N, K of the product a GEMM step computes, as C int expressions (batch: ``bn``);
-    the workspace planner sizes the GEMM pack area from them."""
+def _mnk(step: CStep) -> tuple:
     n, ta, tb = product(step)
     a, b = n.inputs[0].shape, n.inputs[1].shape
     m, k = (a[1], a[0]) if ta else (a[0], a[1])
-    return _int(m), _int(b[0] if tb else b[1]), _int(k)
+    return m, b[0] if tb else b[1], k
+
+
+def gemm_dims(step: CStep) -> tuple[str, str, str]:
+    """M, N, K of the product a GEMM step computes, as C expressions (batch: ``bn``, a
+    size_t); the workspace planner sizes the GEMM pack area from them."""
+    m, n, k = _mnk(step)
+    return _dim(m), _dim(n), _dim(k)
+
+
+def gemm_operand_dims(step: CStep) -> list[tuple[Value, int | str]]:
+    """Every dimension a GEMM step hands its routine as an int (none for other steps)."""
+    if step.kernel not in ("linear", "matmul", "sgd_gemm"):
+        return []
+    n = product(step)[0]
+    return [(v, d) for v in (*n.inputs[:2], n.outputs[0]) for d in v.shape]
 
 
 def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
@@ -215,7 +248,7 @@ def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
     a, b = n.inputs[0], n.inputs[1]
     y = n.outputs[0] if step.grad else step.outputs[0]
     bias = p(n.inputs[2]) if n.op == "linear" and len(n.inputs) > 2 else "NULL"
-    m, cols, k = gemm_dims(step)
+    m, cols, k = (_int(d) for d in _mnk(step))
     ct = CTYPES[y.dtype]
     gemm = gemm_routine(step)
     d = {"gemm": gemm, "m": m, "n": cols, "k": k,
@@ -334,6 +367,64 @@ def _adam(step: CStep, ctx: Context) -> dict[str, str]:
             "eps": c_literal(a["eps"], ct),
             "wd": c_literal(a["weight_decay"], ct) if a["weight_decay"] else "",
             "wd_d": c_literal(a["weight_decay"], dbl)}
+
+
+# ------------------------------------------------------------------------ size limits
+@dataclass(frozen=True)
+class Limit:
+    """Tensor ``tensor`` may have at most ``most`` of ``size`` (elements, a monomial of the
+    batch N): what the code that computes it can index (``what`` says which code, and what
+    it takes)."""
+
+    tensor: str
+    size: Size
+    most: int
+    what: str
+
+    def max_batch(self) -> int:
+        """The largest batch N that keeps the size within the limit."""
+        c, p = self.size.coef, self.size.power
+        if c == 0 or p == 0:
+            return 2**63 - 1 if c <= self.most else -1
+        n = int((self.most / c) ** (1 / p))
+        while c * (n + 1) ** p <= self.most:
+            n += 1
+        while n > 0 and c * n**p > self.most:
+            n -= 1
+        return n
+
+
+def gemm_limits(steps: Sequence[CStep]) -> list[Limit]:
+    """Each matrix product with the batch among its dimensions (an int argument)."""
+    out = []
+    for s in steps:
+        sym = [v for v, d in gemm_operand_dims(s) if isinstance(d, str)]
+        if sym:
+            out.append(Limit(sym[0].name, Size(1, 1), MAX_GEMM_DIM,
+                             f"a matrix product ('{product(s)[0].name}') takes dimensions up "
+                             f"to {MAX_GEMM_DIM}"))
+    return out
+
+
+class BatchLimit:
+    """The largest batch N that generated code can take, checked before every run: a larger
+    one is a FeedError naming the tensor that limits it, never a silent wrap-around."""
+
+    def __init__(self, limits: Sequence[Limit], target: str):
+        self.target, self.limit = target, min(limits, key=Limit.max_batch, default=None)
+        self.most = self.limit.max_batch() if self.limit else 2**63 - 1
+        if self.most < 0:   # a fixed size over the limit (no batch fits)
+            raise CompileError(f"tensor '{self.limit.tensor}' is too large for target "
+                               f"'{target}': {self.limit.what}")
+
+    def check(self, n: int) -> int:
+        """``n``, or a FeedError if the code cannot take a batch that large."""
+        if n > self.most:
+            lim = self.limit
+            raise FeedError(f"batch size N={n} is too large for target '{self.target}': "
+                            f"at tensor '{lim.tensor}', {lim.what}, so N ≤ {self.most}; "
+                            "feed smaller batches")
+        return n
 
 
 KERNELS: dict[str, Callable[[CStep, Context], dict]] = {

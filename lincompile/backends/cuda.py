@@ -32,7 +32,7 @@ from ..errors import CompileError
 from ..ir import Graph, Value
 from .base import Executable, check_feeds
 from .c import Entry, _Source, entry_name, share_trained, write_files
-from .c_kernels import CStep
+from .c_kernels import BatchLimit, CStep
 from .cuda_build import (
     CudaError,
     build,
@@ -45,7 +45,7 @@ from .cuda_build import (
     nvcc,
     require_device,
 )
-from .cuda_kernels import CudaContext, emit_cuda, lower_cuda
+from .cuda_kernels import CudaContext, cuda_limits, emit_cuda, lower_cuda
 from .render import CTYPES, c_comment, render, templates_dir, wrap_args
 
 __all__ = ["CudaError", "compile", "compile_cpu", "gpu_available", "write_cuda_sources"]
@@ -210,6 +210,7 @@ class _CudaExecutable(Executable):
             len(graph.inputs) + len(graph.outputs) + 2)
         self._ws_size = self.lib[f"{prefix}_workspace_size"]
         self._ws_size.restype, self._ws_size.argtypes = ctypes.c_size_t, [ctypes.c_long]
+        self._limit = BatchLimit(cuda_limits(entry.steps), self.target)
 
     def source(self) -> str:
         """The generated CUDA file."""
@@ -219,7 +220,7 @@ class _CudaExecutable(Executable):
         for v in self.graph.inputs:
             for d, n in zip(v.shape, feeds[v.name].shape):
                 if isinstance(d, str):
-                    return int(n)
+                    return self._limit.check(int(n))
         return 0
 
     def shape(self, v: Value, n: int) -> tuple[int, ...]:
