@@ -26,7 +26,16 @@ from ..files import refuse_foreign, write_texts
 from ..ir import Graph, Value
 from .base import Executable
 from .build import build, bytecode_dir, cc_line, load_library
-from .c_kernels import Context, CStep, emit, gemm_dims, gemm_routine, lower
+from .c_kernels import (
+    BatchLimit,
+    Context,
+    CStep,
+    emit,
+    gemm_dims,
+    gemm_limits,
+    gemm_routine,
+    lower,
+)
 from .plan import Plan, Size, make_plan
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
 
@@ -406,6 +415,7 @@ class CExecutable(Executable):
         self._what = f"graph '{graph.name}' on target {self.target}"
         self._ws = Workspaces(self.workspace_size, 64, self._what)
         self._sym = batch_symbol(graph)
+        self._limit = BatchLimit(gemm_limits(entry.steps), self.target)
 
     def source(self) -> str:
         """The generated C file."""
@@ -425,7 +435,7 @@ class CExecutable(Executable):
         for v in self.graph.inputs:
             for d, n in zip(v.shape, np.shape(feeds[v.name])):
                 if isinstance(d, str):
-                    return int(n)
+                    return self._limit.check(int(n))
         return 0
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

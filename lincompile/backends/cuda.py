@@ -44,7 +44,7 @@ from .c import (
     share_trained,
     write_files,
 )
-from .c_kernels import CStep
+from .c_kernels import BatchLimit, CStep
 from .cuda_build import (
     CudaError,
     build,
@@ -57,7 +57,7 @@ from .cuda_build import (
     nvcc,
     require_device,
 )
-from .cuda_kernels import CudaContext, emit_cuda, lower_cuda
+from .cuda_kernels import CudaContext, cuda_limits, emit_cuda, lower_cuda
 from .render import CTYPES, c_comment, render, templates_dir, wrap_args
 
 __all__ = ["CudaError", "compile", "compile_cpu", "gpu_available", "write_cuda_sources"]
@@ -242,6 +242,7 @@ class _CudaExecutable(Executable):
         self._ws_size = self.lib[f"{prefix}_workspace_size"]
         self._ws_size.restype, self._ws_size.argtypes = ctypes.c_size_t, [ctypes.c_long]
         self._what = f"graph '{graph.name}' on target {self.target}"
+        self._limit = BatchLimit(cuda_limits(entry.steps), self.target)
 
     def workspace_size(self, n: int) -> int:
         """Bytes of workspace the entry point needs at batch ``n`` (a FeedError when that
@@ -257,7 +258,7 @@ class _CudaExecutable(Executable):
         for v in self.graph.inputs:
             for d, n in zip(v.shape, feeds[v.name].shape):
                 if isinstance(d, str):
-                    return int(n)
+                    return self._limit.check(int(n))
         return 0
 
     def shape(self, v: Value, n: int) -> tuple[int, ...]:

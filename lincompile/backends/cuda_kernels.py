@@ -20,6 +20,7 @@ Decisions made here, on top of the C backend's:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import CompileError
@@ -28,10 +29,12 @@ from .c_kernels import (
     GEMMS,
     Context,
     CStep,
+    Limit,
     _copy,
     _gemm,
     broadcast_strides,
     emit,
+    gemm_limits,
     lower,
     product,
     row_count,
@@ -49,6 +52,10 @@ MAX_PARTS = 256        # partial sums of the two-pass mse (LC_MAX_PARTS)
 COLSUM_CHUNKS = 64     # LC_COLSUM_MAX_CHUNKS of templates/cuda/reduce.cu.j2
 SUM_PARTIALS = 1024    # LC_SUM_MAX_PARTIALS of templates/cuda/reduce.cu.j2
 ACT_NAMES = {"0": "LC_ACT_NONE", "1": "LC_ACT_RELU", "2": "LC_ACT_SIGMOID", "3": "LC_ACT_TANH"}
+MAX_GRID = 2**31 - 1   # blocks along x of one launch
+#: Threads of a one-thread-per-element launch: MAX_GRID blocks of at least 32 threads (more
+#: elements than any GPU's memory holds).
+MAX_THREADS = MAX_GRID * 32
 
 
 def reduce_mode(step: CStep) -> tuple[str, int]:
@@ -88,6 +95,22 @@ def lower_cuda(graph: Graph) -> list[CStep]:
     return steps
 
 
+def cuda_limits(steps: Sequence[CStep]) -> list[Limit]:
+    """What the CUDA code of ``steps`` can index: the GEMMs' int dimensions, one thread per
+    element (elementwise kernels, generic reductions), one block per row (cross-entropy)."""
+    out = gemm_limits(steps)
+    for s in steps:
+        if s.kernel in NEUTRAL or (s.kernel == "reduce_sum" and reduce_mode(s)[0] == "generic"):
+            y = s.outputs[0]
+            out.append(Limit(y.name, Size.of_shape(y.shape), MAX_THREADS,
+                             f"a kernel with one thread per element takes up to {MAX_THREADS}"))
+        elif s.kernel in ("softmax_cross_entropy", "softmax_cross_entropy_grad"):
+            z = s.inputs[-2]
+            out.append(Limit(z.name, Size.of_shape(z.shape[:1]), MAX_GRID,
+                             f"the cross-entropy kernels take up to {MAX_GRID} rows"))
+    return out
+
+
 @dataclass
 class Emitted:
     """What one step becomes: kernel definitions (maybe none) and host statements."""
@@ -113,10 +136,6 @@ class CudaContext(Context):
 
 def _par(text: str) -> str:
     return text if text.isidentifier() or text.isdigit() else f"({text})"
-
-
-def _int(s: Size) -> str:
-    return s.c() if s.power == 0 else f"(int)({s.c()})"
 
 
 def emit_cuda(name: str, step: CStep, ctx: CudaContext) -> Emitted:
@@ -177,7 +196,7 @@ def _reduce_sum(name: str, step: CStep, ctx: CudaContext) -> dict:
         return {**d, "n": Size.of_shape(x.shape).c(), "scratch": ctx.scratch(step, 0)}
     if mode == "colsum":
         return {**d, "rows": Size.of_shape(x.shape[:k]).c(),
-                "cols": _int(Size.of_shape(x.shape[k:])), "scratch": ctx.scratch(step, 0)}
+                "cols": Size.of_shape(x.shape[k:]).c(), "scratch": ctx.scratch(step, 0)}
     # generic: thread o walks the reduced dims of its output element, in order
     r = len(x.shape)
     axes = {a % r for a in step.node.attrs["axes"]}

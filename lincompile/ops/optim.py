@@ -5,6 +5,10 @@ gives torch's first step ``buf = grad`` exactly. ``adam``/``adamw``: torch.optim
 AdamW, with bias correction; ``step`` counts the updates already made. ``adagrad``:
 torch.optim.Adagrad, which is also ONNX's ``ai.onnx.preview.training`` Adagrad (T = step,
 decay_factor = lr_decay, norm_coefficient = weight_decay, epsilon = eps).
+
+Special values follow torch too: a zero weight decay adds nothing (not ``0 · p``, which is
+NaN for an infinite parameter), and Adam's first moment is torch's ``m.lerp_(grad, 1 − β1)``
+(:func:`lerp`), whose NaN/Inf results differ from ``β1·m + (1 − β1)·grad`` when m is infinite.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def _sgd_ref(p, grad, *rest, momentum, weight_decay):
         return (p - lr * g).astype(p.dtype)
     v = momentum * state[0] + g
     return (p - lr * v).astype(p.dtype), v.astype(p.dtype)
+
+
+def lerp(a, b, w: float):
+    """torch.lerp with a scalar weight: ``a + w·(b − a)`` for ``|w| < 0.5``, else
+    ``b − (b − a)·(1 − w)`` (the same up to rounding, not for infinite ``a``)."""
+    return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1 - w)
 
 
 def _sgd_body(f, decay: bool):
@@ -82,7 +92,7 @@ def _adam_ref(p, grad, m, v, step, lr, *, beta1, beta2, eps, weight_decay, decou
     elif weight_decay:
         grad = grad + weight_decay * p
     t = float(step) + 1
-    m = beta1 * m + (1 - beta1) * grad
+    m = lerp(m, grad, 1 - beta1)
     v = beta2 * v + (1 - beta2) * grad * grad
     denom = np.sqrt(v) / np.sqrt(1 - beta2**t) + eps
     p = p - (lr / (1 - beta1**t)) * (m / denom)
@@ -99,8 +109,13 @@ def _adam_body(f, decoupled: bool, decay: bool):
                                      ["shrink"])], ["p_decayed"])
     elif decay:   # Adam: L2 penalty added to the gradient (skipped at wd = 0, as torch)
         grad = f.node("Add", [grad, f.node("Mul", [wd, p], ["decay"])], ["g"])
-    m2 = f.node("Add", [f.node("Mul", [b1, m], ["b1m"]),
-                        f.node("Mul", [f.attr("one_minus_beta1", p), grad], ["gm"])],
+    # m.lerp(grad, w), w = 1 − b1: m + w·(grad − m) when w < 0.5, else grad − (grad − m)·b1
+    w = f.attr("one_minus_beta1", p)
+    d = f.node("Sub", [grad, m], ["g-m"])
+    half = f.node("CastLike", [f.const(np.array(0.5, np.float32), "half"), p], ["half_like"])
+    m2 = f.node("Where", [f.node("Less", [w, half], ["small_w"]),
+                          f.node("Add", [m, f.node("Mul", [w, d], ["w_d"])], ["m_small"]),
+                          f.node("Sub", [grad, f.node("Mul", [d, b1], ["d_b1"])], ["m_large"])],
                 [f.outputs[1]])
     gg = f.node("Mul", [grad, grad], ["gg"])
     v2 = f.node("Add", [f.node("Mul", [b2, v], ["b2v"]),
