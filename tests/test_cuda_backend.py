@@ -66,7 +66,23 @@ def zoo() -> dict[str, lc.Graph]:
         for name, opt in OPTIMIZERS.items():
             key = f"train_{loss}_{name}".replace("-", "_")
             graphs[key] = lc.training_graph(mlp((9, 20, 4), seed=3), loss=loss, optimizer=opt)
+    graphs["train_adagrad"] = lc.training_graph(
+        mlp((9, 20, 4), seed=3), optimizer=lc.Adagrad(0.1, weight_decay=0.01))
+    graphs["preview_updates"] = preview_updates()
     return graphs
+
+
+def preview_updates() -> lc.Graph:
+    """One node of each ONNX training-preview optimizer (Momentum both ways, Adam)."""
+    g = lc.Graph("preview")
+    x, grad, v, h = (g.input(n, [5, 3]) for n in ("x", "g", "v", "h"))
+    t, r = g.input("t", [], "int64"), g.input("r", [])
+    for nesterov in (False, True):
+        out = g.apply("onnx_momentum", [x, grad, v, t, r], alpha=0.9, beta=0.1,
+                      nesterov=nesterov, norm_coefficient=0.01)
+        g.output(out[0])
+    g.output(g.apply("onnx_adam", [x, grad, v, h, t, r])[0])
+    return g
 
 
 # ------------------------------------------------------------------ nvcc, every kernel
