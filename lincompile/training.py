@@ -96,6 +96,7 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     if "target" in g.values or "loss" in g.values or "lr" in g.values:
         raise LincompileError("the names 'target', 'loss' and 'lr' are reserved for the "
                               "training graph; rename those tensors of the model")
+    pred = _loss_input(g, pred, loss)
     target = (g.input("target", [pred.shape[0]], "int64") if loss == "cross-entropy"
               else g.input("target", pred.shape, pred.dtype))
     loss_v = g.apply(LOSSES[loss], [pred, target], name="loss")
@@ -108,6 +109,9 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
         g.initial_state[p.name] = g.params.pop(p.name).data
     grads = append_grads(g, loss_v, params)
     g.meta.update({"lincompile.loss": loss, "lincompile.role": "training"})
+    layout = json.loads(model.meta.get("lincompile.params", "{}"))
+    g.meta["lincompile.params"] = json.dumps({
+        p.name: layout.get(p.name, {"source": p.name, "transform": "identity"}) for p in params})
 
     if optimizer is None:
         g.inputs = [*model_inputs, target, *params]
@@ -144,3 +148,26 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     g.meta["lincompile.lr"] = repr(float(optimizer.lr))
     g.meta["lincompile.optimizer"] = json.dumps({"type": optimizer.op, **asdict(optimizer)})
     return g.verify()
+
+
+def _loss_input(g: Graph, pred: Value, loss: str) -> Value:
+    """What the loss reads: the prediction, or for cross-entropy the logits (recorded as
+    ``lincompile.logits``). A classifier head of one sigmoid column ``z`` (the probabilities
+    ``[1 − σ(z), σ(z)]``) gets the two logits ``[0, z]``, whose softmax is exactly that."""
+    kind = json.loads(g.meta.get("lincompile.head", "{}")).get("kind", "none")
+    if loss == "mse":
+        if kind != "none":
+            raise LincompileError(
+                f"model '{g.name}' ends in a {kind} classifier head, left out after its "
+                f"logits '{pred.name}': train it with cross-entropy, or choose the output to "
+                "fit with mse by name (logits=NAME, --logits NAME)")
+        return pred
+    g.meta["lincompile.logits"] = pred.name
+    if kind == "sigmoid" and pred.shape[-1:] == (1,):
+        columns = g.const(np.array([[0, 1]], pred.dtype), "binary_logits.columns")
+        return g.matmul(pred, columns, name=g.fresh("binary_logits"))
+    if pred.shape[-1:] == (1,):
+        raise LincompileError(
+            f"'{pred.name}' {list(pred.shape)} is one logit: cross-entropy needs one per class; "
+            "use --loss mse (loss='mse') for one output, or give the model two logits")
+    return pred
