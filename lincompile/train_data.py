@@ -128,8 +128,8 @@ def _fit_features(x: np.ndarray, inp) -> np.ndarray:
         if tuple(x.shape[1:]) != want and x.ndim == 2 and x.shape[1] == math.prod(want):
             x = x.reshape(len(x), *want)  # CSV rows of a model that takes [N, 2, 2, 3]
         if tuple(x.shape[1:]) != want:
-            raise DataError(f"data: x rows are {list(x.shape[1:])} but the model's input "
-                            f"'{inp.name}' takes {list(inp.shape)}")
+            raise DataError(f"data: x rows are {_dims(x.shape[1:])} but the model's input "
+                            f"'{inp.name}' takes {_dims(inp.shape)}")
     return np.ascontiguousarray(x, dtype=inp.dtype)
 
 
@@ -138,7 +138,7 @@ def _classes(y: np.ndarray, out, head: dict) -> np.ndarray:
         y = y[:, 0]
     if y.ndim != 1:
         raise DataError(f"data: cross-entropy takes one class label per row; y is "
-                        f"{list(y.shape)}")
+                        f"{_dims(y.shape)}")
     if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
         bad = y[y != np.round(y)][0]
         raise DataError(f"data: label {bad} is not an integer; cross-entropy takes class "
@@ -163,6 +163,10 @@ def _values(y: np.ndarray, out) -> np.ndarray:
     if y.ndim == 1 and want == (1,):
         y = y[:, None]
     if all(isinstance(d, int) for d in want) and tuple(y.shape[1:]) != want:
-        raise DataError(f"data: y rows are {list(y.shape[1:])} but the model's output "
-                        f"'{out.name}' gives {list(out.shape)}")
+        raise DataError(f"data: y rows are {_dims(y.shape[1:])} but the model's output "
+                        f"'{out.name}' gives {_dims(out.shape)}")
     return np.ascontiguousarray(y, dtype=out.dtype)
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
