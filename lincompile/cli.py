@@ -200,12 +200,15 @@ def export_training(a) -> int:
              if m["transform"] != "identity" or m["source"] != k]
     if moved:
         print("  layout:  " + ", ".join(moved))
-    print(f"wrote {state_path}: the starting state in this graph's layout (parameters"
+    feeds = start_state(train)
+    print(f"wrote {state_path}: the starting state, in this graph's layout (parameters"
           + (", optimizer state at zero" if state else "")
-          + (", step 0" if any(v.name == "step" for v in state) else "")
-          + (", lr" if any(v.name == "lr" for v in train.inputs) else "")
-          + "); feed dict(np.load(it)) with x and target, then each X.next back as X "
-            "(docs/training-graphs.md)")
+          + (", step 0" if "step" in feeds else "")
+          + (f", lr {float(feeds['lr']):g}" if "lr" in feeds else "") + ")")
+    data = [v.name for v in train.inputs if v.name not in feeds]
+    data = ", ".join(data[:-1]) + " and " + data[-1] if len(data) > 1 else data[0]
+    print(f"start from dict(np.load('{state_path}')) plus {data}; feed each X.next back as X "
+          "(docs/training-graphs.md)")
     return OK
 
 

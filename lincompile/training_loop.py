@@ -126,6 +126,23 @@ def split(x: np.ndarray, y: np.ndarray, val_split: float, seed: int):
     return x[tr], y[tr], x[val], y[val]
 
 
+def _header(progress: Progress, model, data, x, sizes, graph: Graph, step: Graph,
+            head: dict) -> None:
+    """What is trained on what: the data, the split, the model and its logits."""
+    name = Path(data).name if isinstance(data, (str, os.PathLike)) else "arrays"
+    progress.say(f"lincompile train: {Path(model).name} on {name} ({len(x):,} rows, "
+                 f"{' x '.join(map(str, x.shape[1:]))} features)")
+    progress.say(f"  data      {sizes[0]:,} training / {sizes[1]:,} held-out rows")
+    n_linear = sum(n.op == "linear" for n in graph.nodes)
+    values = sum(int(np.prod(v.shape)) for k, v in step.initial_state.items()
+                 if k in graph.params)
+    logits = step.meta.get("lincompile.logits")
+    progress.say(f"  model     {graph.name}: {n_linear} Linear layers, {values:,} trainable "
+                 "values" + (f"; logits '{logits}'" if logits else "")
+                 + (f" before a {head['kind']} head ({len(head['nodes'])} nodes, kept as is)"
+                    if head else ""))
+
+
 def _optimizer(optimizer: Optimizer | str) -> Optimizer:
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
@@ -169,13 +186,10 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
     scorer = Scorer(graph, target, loss, head.get("kind") == "sigmoid")
     progress = Progress(stream, epochs)
     where = "val" if val_split else "train"
-    logits_name = step.meta.get("lincompile.logits")
-    progress.say(f"lincompile train: {path.name if path else graph.name} on "
-                 f"{Path(data).name if isinstance(data, (str, os.PathLike)) else 'arrays'}: "
-                 f"{len(x_tr):,} training / {len(x_val) if val_split else 0:,} held-out rows")
-    progress.say(f"  {loss}" + (f" on logits '{logits_name}'" if logits_name else "")
-                 + f" + {opt.op} (lr {opt.lr:g}), batch {batch_size}, {epochs} epochs, "
-                 f"target {target}")
+    _header(progress, path or graph.name, data, x, (len(x_tr), len(x_val) if val_split else 0),
+            graph, step, head)
+    progress.say(f"  training  {loss} + {opt.op} (lr {opt.lr:g}), batch {batch_size}, "
+                 f"{epochs} epochs, on {target}")
     state, history = fit(step, scorer, x_tr, y_tr, x_val, y_val, epochs=epochs,
                          batch_size=batch_size, seed=seed, target=target, progress=progress,
                          where=where)
@@ -191,6 +205,7 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
             from .backends.onnx import save_onnx
 
             written = save_onnx(trained, out)
-        progress.say(f"wrote {written}  ({len(params)} trained parameters"
-                     + (f" in a copy of {path.name}" if path else "") + ")")
+        progress.say(f"wrote {written}  (" + (f"{path.name} with its {len(params)} trained "
+                     "tensors replaced, in the file's layout" if path else
+                     f"{len(params)} trained parameters") + ")")
     return trained, history
