@@ -21,6 +21,7 @@ import numpy as np
 from .autodiff import append_grads
 from .errors import LincompileError
 from .ir import Graph, Value
+from .ops.base import fmt_shape
 
 LOSSES = {"cross-entropy": "softmax_cross_entropy", "mse": "mse"}
 
@@ -168,6 +169,6 @@ def _loss_input(g: Graph, pred: Value, loss: str) -> Value:
         return g.matmul(pred, columns, name=g.fresh("binary_logits"))
     if pred.shape[-1:] == (1,):
         raise LincompileError(
-            f"'{pred.name}' {list(pred.shape)} is one logit: cross-entropy needs one per class; "
-            "use --loss mse (loss='mse') for one output, or give the model two logits")
+            f"'{pred.name}' {fmt_shape(pred.shape)} is one logit: cross-entropy needs one per "
+            "class; use --loss mse (loss='mse') for one output, or give the model two logits")
     return pred

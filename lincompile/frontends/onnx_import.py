@@ -29,6 +29,13 @@ graph m(x: float32[N, 4]) -> (y: float32[N, 3])
 - *constants* (``Param.const``: never trained) everywhere else (scalars, ``Gemm``'s C when it
   is not a bias, the operands of Add/Mul/Sub/MatMul).
 
+**The layout map.** Where a trainable parameter is stored differently from the file (a
+transposed or renamed weight, a reshaped bias), the graph's metadata ``lincompile.params``
+maps it to its source tensor and transform (:mod:`.layout`); ``write_trained`` uses it to write
+trained values back. **Classifier heads**: a model whose outputs come from Softmax,
+LogSoftmax or skl2onnx's head is imported up to the logits (:mod:`.heads`), the head
+described in ``lincompile.head``.
+
 A weight is only transposed, reshaped or renamed when this node is its only user, and never
 in lincompile's own files (there a Gemm without transB is a ``matmul``). Two things a saved
 lincompile graph does not say come back as the same computation in another form: a
