@@ -306,11 +306,19 @@ def test_docs_onnxruntime_loop_runs_as_written(tmp_path):
         r = subprocess.run([sys.executable, "-m", "lincompile", *args[1:]], cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-c", loop], cwd=tmp_path, capture_output=True,
+    check = ("\nimport json; print('STATE', json.dumps({k: v.tolist() for k, v in state.items() "
+             "if v.ndim == 0}))")
+    r = subprocess.run([sys.executable, "-c", loop + check], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     losses = [float(v) for v in re.findall(r"mean loss ([\d.]+)", r.stdout)]
     assert len(losses) >= 2 and losses[-1] < losses[0]
+    scalars = json.loads(re.search(r"^STATE (.*)$", r.stdout, re.M)[1])
+    train = onnx.load(next(tmp_path.glob("*_train.onnx")))
+    meta = {p.key: p.value for p in train.metadata_props}
+    assert scalars["lr"] == pytest.approx(float(meta["lincompile.lr"]))
+    if "step" in scalars:  # Adam: every minibatch was one update
+        assert scalars["step"] == len(losses) * (1797 // 32)
     trained = next(tmp_path.glob("*trained*.onnx"))
     from lincompile.datasets import load_digits
 
