@@ -77,7 +77,9 @@ def final_line(history: History, where: str, n: int, epochs: int) -> str:
     m = history.metric[-1]
     what = (f"accuracy: {m:.1%} ({round(m * n)}/{n} rows)" if history.metric_name == "accuracy"
             else f"RMSE: {m:.4g} ({n} rows)")
-    return f"final {where} {what} after {epochs} epochs in {history.seconds:.1f} s"
+    t = history.seconds
+    took = f"{t:.1f} s" if t >= 0.1 else f"{t * 1000:.0f} ms"
+    return f"final {where} {what} after {epochs} epochs in {took}"
 
 
 def fit(train: Graph, scorer: Scorer, x: np.ndarray, y: np.ndarray, x_val: np.ndarray,
@@ -139,8 +141,8 @@ def _header(progress: Progress, model, data, x, sizes, graph: Graph, step: Graph
     logits = step.meta.get("lincompile.logits")
     progress.say(f"  model     {graph.name}: {n_linear} Linear layers, {values:,} trainable "
                  "values" + (f"; logits '{logits}'" if logits else "")
-                 + (f" before a {head['kind']} head ({len(head['nodes'])} nodes, kept as is)"
-                    if head else ""))
+                 + (f" before a {head['kind']} head ({len(head['nodes'])} node"
+                    f"{'s' if len(head['nodes']) != 1 else ''}, kept as is)" if head else ""))
 
 
 def _optimizer(optimizer: Optimizer | str) -> Optimizer:
