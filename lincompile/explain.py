@@ -61,7 +61,8 @@ def linears(graph: Graph) -> list[Node]:
 def layer(graph: Graph, n: Node) -> Layer:
     x, w, *rest = n.inputs
     b, y = (rest[0] if rest else None), n.outputs[0]
-    N, c_out, c_in = x.shape[0], w.shape[0], w.shape[1]
+    # rows: an input [*, C_in] is the matrix of its rows (leading dims flattened)
+    N, c_out, c_in = "·".join(map(str, x.shape[:-1])), w.shape[0], w.shape[1]
     dy = f"{y.name}.grad"
     fwd = f"Σ_k {w.name}[o, k] · {x.name}[n, k]"
     rows = [

@@ -22,6 +22,7 @@ from helpers import mlp
 from test_c_backend import ops_graph, ops_objective
 from test_cuda_kernels import Job, parse_ptxas
 from test_ops import CASES, build, objective
+from test_ops_mlp import grad_graph as mlp_ops_graph
 
 import lincompile as lc
 from lincompile.backends import cuda
@@ -60,6 +61,7 @@ def zoo() -> dict[str, lc.Graph]:
         graphs[f"op_{case}"] = build(case)
         graphs[f"grad_{case}"] = lc.grad(g, of="L", wrt=wrt)
     graphs["ops"], graphs["ops_grad"] = ops_graph(), ops_objective()
+    graphs["mlp_ops"] = mlp_ops_graph()   # the MLP ops and Linear over leading dims
     for loss in ("cross-entropy", "mse"):
         for name, opt in OPTIMIZERS.items():
             key = f"train_{loss}_{name}".replace("-", "_")

@@ -192,7 +192,7 @@ def gemm_routine(step: CStep) -> str | None:
     if step.kernel not in ("linear", "matmul", "sgd_gemm"):
         return None
     n, ta, tb = product(step)
-    cols = n.inputs[1].shape[0] if tb else n.inputs[1].shape[1]
+    cols = n.inputs[1].shape[0] if tb else n.inputs[1].shape[-1]
     if n.outputs[0].dtype == "float64":
         return "lc_dgemm_" + GEMMS[ta, tb]
     if (ta, tb) == (False, True) and isinstance(cols, int) and cols <= SMALL_N:
@@ -204,9 +204,18 @@ def gemm_dims(step: CStep) -> tuple[str, str, str]:
     """M, N, K of the product a GEMM step computes, as C int expressions (batch: ``bn``);
     the workspace planner sizes the GEMM pack area from them."""
     n, ta, tb = product(step)
-    a, b = n.inputs[0].shape, n.inputs[1].shape
-    m, k = (a[1], a[0]) if ta else (a[0], a[1])
-    return _int(m), _int(b[0] if tb else b[1]), _int(k)
+    a, b = _matrix(n.inputs[0].shape), _matrix(n.inputs[1].shape)
+    m, k = (a[1], a[0]) if ta else a
+    return m, b[0] if tb else b[1], k
+
+
+def _matrix(shape) -> tuple[str, str]:
+    """A ``[*, C]`` operand as the matrix of its rows (leading dims flattened, a view):
+    its rows and columns as C int expressions."""
+    rows = Size.of_shape(shape[:-1]).c()
+    if not rows.isdigit():
+        rows = f"(int){rows}" if rows.isidentifier() else f"(int)({rows})"
+    return rows, _int(shape[-1])
 
 
 def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
@@ -220,7 +229,7 @@ def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
     gemm = gemm_routine(step)
     d = {"gemm": gemm, "m": m, "n": cols, "k": k,
          "alpha": c_literal(1, ct), "beta": c_literal(0, ct),
-         "a": p(a), "lda": _int(a.shape[1]), "b": p(b), "ldb": _int(b.shape[1]),
+         "a": p(a), "lda": _int(a.shape[-1]), "b": p(b), "ldb": _int(b.shape[-1]),
          "c": p(y) if not step.grad else "", "ldc": cols, "bias": bias,
          "act": str(ACTS[step.act.op]) if step.act else "0",
          "pack": "pack" if gemm.startswith("lc_gemm") else "NULL",
@@ -335,12 +344,54 @@ def _adam(step: CStep, ctx: Context) -> dict[str, str]:
             "wd_d": c_literal(a["weight_decay"], dbl)}
 
 
+def _pointwise(step: CStep, ctx: Context) -> dict[str, str]:
+    """leaky_relu, gelu, silu and their gradients (which read dOut and the input x)."""
+    from ..ops.activations import K_ALPHA, K_BETA, K_KAPPA, SQRT1_2
+
+    a = step.node.attrs
+    *dy, x = step.inputs
+    y = step.outputs[0]
+    ct = CTYPES[y.dtype]
+    d = {**_common(y, ctx), "op": step.node.op, "x": ctx.ptr(x),
+         "tanh": a.get("approximate") == "tanh",
+         "alpha": c_literal(a.get("alpha", 0), ct), "half": c_literal(0.5, ct),
+         "sqrt1_2": c_literal(SQRT1_2, ct), "beta": c_literal(K_BETA, ct),
+         "kappa": c_literal(K_KAPPA, ct), "kappa3": c_literal(3 * K_KAPPA, ct),
+         "k_alpha": c_literal(K_ALPHA, ct)}
+    if dy:
+        return {**d, "dy": ctx.ptr(dy[0]), "dx": ctx.ptr(y)}
+    return {**d, "y": ctx.ptr(y)}
+
+
+def row_count(step: CStep) -> Size:
+    """The rows of a row-wise kernel (softmax, layer_norm): every dim but the last."""
+    return Size.of_shape(step.outputs[0].shape[:-1])
+
+
+def _rows(step: CStep, ctx: Context) -> dict[str, str]:
+    """softmax/log_softmax, layer_norm and their gradients: one loop iteration per row."""
+    y = step.outputs[0]
+    ct = CTYPES[y.dtype]
+    d = {"T": ct.c, "sfx": ct.sfx, "op": step.node.op, "cols": Size.of_shape(y.shape[-1:]).c(),
+         "index": ctx.lang.index.format(n=row_count(step).c())}
+    names = get_op(step.node.op).inputs
+    d.update({n.rstrip("?"): ctx.ptr(v) for n, v in zip(names, step.inputs)})
+    d.setdefault("scale", "")
+    d.setdefault("bias", "")
+    if "epsilon" in step.node.attrs:
+        d["eps"] = c_literal(step.node.attrs["epsilon"], CTYPES["float64"])
+    out = "dx" if step.node.op.endswith("_grad") else "y"
+    return {**d, out: ctx.ptr(y)}
+
+
 KERNELS: dict[str, Callable[[CStep, Context], dict]] = {
     "linear": _gemm, "matmul": _gemm, "sgd_gemm": _gemm, "binary": _binary,
     "broadcast_to": _broadcast_to,
     "reduce_sum": _reduce_sum, "activation": _activation, "activation_grad": _activation_grad,
     "copy": _copy, "mse": _mse, "mse_grad": _mse_grad, "softmax_cross_entropy": _sce,
     "softmax_cross_entropy_grad": _sce, "sgd": _sgd, "adam": _adam,
+    "pointwise": _pointwise, "pointwise_grad": _pointwise,
+    "softmax": _rows, "softmax_grad": _rows, "layer_norm": _rows, "layer_norm_grad": _rows,
 }
 
 

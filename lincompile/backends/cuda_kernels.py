@@ -32,12 +32,16 @@ from .c_kernels import (
     emit,
     lower,
     product,
+    row_count,
 )
 from .plan import Size
 from .render import CTYPES, CUDA, render, wrap_args
 
 #: Steps whose body is the shared C template, run one thread per element.
 NEUTRAL = ("activation", "activation_grad", "binary", "broadcast_to", "mse_grad", "sgd", "adam")
+#: Row-wise neutral bodies (softmax, layer_norm and their gradients): one thread per row.
+ROWS = ("softmax", "softmax_grad", "layer_norm", "layer_norm_grad")
+NEUTRAL += ("pointwise", "pointwise_grad", *ROWS)
 MAX_PARTS = 256        # partial sums of the two-pass mse (LC_MAX_PARTS)
 COLSUM_CHUNKS = 64     # LC_COLSUM_MAX_CHUNKS of templates/cuda/reduce.cu.j2
 SUM_PARTIALS = 1024    # LC_SUM_MAX_PARTIALS of templates/cuda/reduce.cu.j2
@@ -137,7 +141,7 @@ def _neutral(name: str, step: CStep, ctx: CudaContext) -> Emitted:
     written = {ctx.host_ptr(v) for v in step.outputs}
     params = [f"{'' if p in written else 'const '}{CTYPES[v.dtype].c} *{p}"
               for p, v in ctx.used.items()]
-    n = Size.of_shape(step.outputs[0].shape)
+    n = row_count(step) if step.kernel in ROWS else Size.of_shape(step.outputs[0].shape)
     device = render("cuda/kernel.cu.j2", ctx.bytecode_dir, comment=step.comment(), body=body,
                     signature=wrap_args(f"{name}(", ["size_t bn", *params])).rstrip("\n")
     host = render("cuda/launch.cu.j2", ctx.bytecode_dir, kname=name, n=n.c(),

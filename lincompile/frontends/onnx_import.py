@@ -72,6 +72,7 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: str | N
     the logits before a classifier head, where the model ends in one; see :mod:`.heads`).
     """
     from .onnx_ops import import_node
+    from .onnx_patterns import find_patterns
 
     proto = read_model(model)
     training = _meta(proto).get("lincompile.role") == "training"
@@ -80,10 +81,11 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: str | N
                               "making it from the model")
     head = None if training else find_head(proto, logits)
     imp = Importer(cut(proto, head) if head is not None else proto, batch)
+    fused = find_patterns(imp)   # multi-node GELU/SiLU: their inner nodes are marked done
     for node in imp.nodes:
         if id(node) not in imp.done:
             imp.node = node
-            imp.bind(node, import_node(imp, node))
+            imp.bind(node, fused[id(node)](imp) if id(node) in fused else import_node(imp, node))
     imp.finish()
     if not training:  # a training file keeps the map to its own source model
         layout = imp.layout_map()

@@ -15,7 +15,7 @@ from onnx import helper
 from ..backends.onnx_builder import DOMAIN
 from ..ir import Value
 from ..ops import OPS
-from .onnx_import import Const, Importer
+from .onnx_import import DTYPES, Const, Importer
 
 #: What an import function returns: the node's output value(s), or None (see above).
 Result = Value | tuple[Value, ...] | None
@@ -120,10 +120,12 @@ def gemm(imp: Importer, node: onnx.NodeProto) -> Result:
 
 
 def matmul(imp: Importer, node: onnx.NodeProto) -> Result:
+    """``[*, K] · [K, N]`` (torch's Linear on any leading dims); batched products are not."""
     a, b = node.input
     ranks = (_rank(imp, a), _rank(imp, b))
-    if ranks != (2, 2):
-        raise imp.unsupported(f"only 2-D MatMul is imported (inputs of rank {ranks})")
+    if ranks[0] < 2 or ranks[1] != 2:
+        raise imp.unsupported(f"only a MatMul of [*, K] by a 2-D [K, N] is imported (inputs "
+                              f"of rank {ranks})")
     x = imp.value(a)
     w = _weight(imp, b, stored_in_out=True)
     return imp.emit("matmul", [x, imp.value(b)]) if w is None else _linear(imp, x, w)
@@ -204,10 +206,84 @@ def softmax_cross_entropy(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("softmax_cross_entropy", [logits, labels])
 
 
+# ------------------------------------------------------------------ MLP ops
+def leaky_relu(imp: Importer, node: onnx.NodeProto) -> Result:
+    alpha = _float(_attrs(node).get("alpha", 0.01))
+    return imp.emit("leaky_relu", [imp.value(node.input[0])], alpha=alpha)
+
+
+def gelu(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Gelu (opset 20): ``approximate`` "none" (erf) or "tanh"."""
+    approximate = _attrs(node).get("approximate", b"none").decode()
+    if approximate not in ("none", "tanh"):
+        raise imp.unsupported(f"approximate='{approximate}' (only 'none' and 'tanh')")
+    return imp.emit("gelu", [imp.value(node.input[0])], approximate=approximate)
+
+
+def _last_axis(imp: Importer, x: Value, axis: int, what: str) -> None:
+    """Refuse unless ``axis`` is the last axis of ``x``."""
+    r = len(x.shape)
+    if not r or not -r <= axis < r or axis % r != r - 1:
+        raise imp.unsupported(f"{what} over axis {axis} of '{x.name}' {list(x.shape)}: only "
+                              "the last axis (axis=-1) is imported")
+
+
+def _softmax(op: str):
+    def run(imp: Importer, node: onnx.NodeProto) -> Result:
+        x = imp.value(node.input[0])
+        # before opset 13 the default axis is 1 (the input is coerced to 2-D there, which
+        # is the last-axis softmax exactly when the axis is the last one)
+        default = 1 if imp.opsets.get("ai.onnx", 18) < 13 else -1
+        _last_axis(imp, x, _attrs(node).get("axis", default), node.op_type)
+        return imp.emit(op, [x])
+    return run
+
+
+def layer_normalization(imp: Importer, node: onnx.NodeProto) -> Result:
+    """torch.nn.LayerNorm: the last axis, scale and bias as trainable parameters."""
+    at = _attrs(node)
+    x = imp.value(node.input[0])
+    _last_axis(imp, x, at.get("axis", -1), "LayerNormalization")
+    if any(o and imp.uses[o] for o in node.output[1:]):
+        raise imp.unsupported("its Mean/InvStdDev outputs are used")
+    affine = [imp.linear_param(i) if imp.is_input(i) else imp.value(i)
+              for i in node.input[1:] if i]
+    return imp.emit("layer_norm", [x, *affine], epsilon=_float(at.get("epsilon", 1e-5)))
+
+
+def cast(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Same dtype: identity. A constant is cast at import time; else a new dtype is refused."""
+    to = _attrs(node).get("to")
+    dtype = DTYPES.get(to) or str(helper.tensor_dtype_to_np_dtype(to))
+    c = imp.const(node.input[0])
+    if c is not None and to in DTYPES:
+        imp.consts[node.output[0]] = Const(node.output[0], c.data.astype(dtype))
+        return None
+    x = imp.value(node.input[0])
+    if x.dtype != dtype:
+        raise imp.unsupported(f"it casts '{x.name}' from {x.dtype} to {dtype}; only a Cast to "
+                              "the same dtype (a no-op) is imported")
+    return imp.emit("identity", [x])
+
+
+def dropout(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Inference-form Dropout (no training_mode, or a constant false) is the identity."""
+    train = node.input[2] if len(node.input) > 2 else ""
+    c = imp.const(train) if train else None
+    if (train and (c is None or c.data.any())) or _attrs(node).get("is_test", 1) == 0:
+        raise imp.unsupported("training-mode Dropout is not imported (lincompile trains "
+                              "without dropout); export the model in eval mode (model.eval())")
+    if any(o and imp.uses[o] for o in node.output[1:]):
+        raise imp.unsupported("its mask output is used")
+    return imp.emit("identity", [imp.value(node.input[0])])
+
+
 # ------------------------------------------------------------------ lincompile functions
 #: lincompile's model-local functions (``backends/onnx_builder``) → their IR op, as each
 #: op declares them (``OpDef.onnx_functions``).
 FUNCTIONS = {f: op.name for op in OPS.values() for f in op.onnx_functions}
+#: The attributes a function's name implies (``GeluTanh``: ``approximate="tanh"``).
+FUNCTION_ATTRS = {f: a for op in OPS.values() for f, a in op.function_attrs.items()}
 
 
 def _float(f: float) -> float:
@@ -219,9 +295,15 @@ def function_call(imp: Importer, node: onnx.NodeProto) -> Result:
     """A call of a ``lincompile.*`` local function: its IR op, float attributes as given."""
     if any(a.type != onnx.AttributeProto.FLOAT for a in node.attribute):
         raise imp.unsupported("lincompile's functions take float attributes only")
-    attrs = {a.name: _float(a.f) for a in node.attribute}
-    return imp.emit(FUNCTIONS[node.op_type], [imp.value(i) for i in node.input],
-                    n_out=len(node.output), **attrs)
+    attrs = {**FUNCTION_ATTRS.get(node.op_type, {}),
+             **{a.name: _float(a.f) for a in node.attribute}}
+    op = FUNCTIONS[node.op_type]
+    if op == "linear":   # weight and bias are parameters, as in a Gemm
+        ins = [imp.value(node.input[0])] + [imp.linear_param(i) if imp.is_input(i) else
+                                            imp.value(i) for i in node.input[1:]]
+    else:
+        ins = [imp.value(i) for i in node.input]
+    return imp.emit(op, ins, n_out=len(node.output), **attrs)
 
 
 IMPORTERS = {
@@ -231,6 +313,11 @@ IMPORTERS = {
     "SoftmaxCrossEntropyLoss": softmax_cross_entropy, "Sub": sub, "Tanh": _unary("tanh"),
     "Transpose": transpose,
 }
+IMPORTERS.update({
+    "Cast": cast, "Dropout": dropout, "Gelu": gelu, "LayerNormalization": layer_normalization,
+    "LeakyRelu": leaky_relu, "LogSoftmax": _softmax("log_softmax"),
+    "Softmax": _softmax("softmax"),
+})
 #: What the importer reads, for error messages and docs.
 SUPPORTED = sorted([*IMPORTERS, "Constant"]) + [f"{DOMAIN}.{f}" for f in FUNCTIONS]
 
