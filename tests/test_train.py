@@ -121,7 +121,10 @@ def torch_accuracy(net, x, y) -> tuple[float, list[float]]:
 def ort_accuracy(path, output: str, x, y) -> float:
     _, val, _ = split_and_batches(len(x))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run([output], {sess.get_inputs()[0].name: x[val]})[0]
+    inp = sess.get_inputs()[0]
+    step = inp.shape[0] if isinstance(inp.shape[0], int) else len(val)  # a file's fixed batch
+    out = np.concatenate([sess.run([output], {inp.name: x[val[i:i + step]]})[0]
+                          for i in range(0, len(val), step)])
     pred = out if out.ndim == 1 else np.argmax(out, axis=1)
     return float(np.mean(pred.reshape(-1) == y[val]))
 
