@@ -146,7 +146,9 @@ def _classes(y: np.ndarray, out, head: dict) -> np.ndarray:
     y = y.astype(np.int64)
     width = out.shape[-1]
     n = 2 if head.get("kind") == "sigmoid" and width == 1 else width
-    classes = head.get("classes") or (list(range(n)) if isinstance(n, int) else None)
+    classes = head.get("classes")  # the head's labels, where they name these logits
+    if not classes or len(classes) != n:
+        classes = list(range(n)) if isinstance(n, int) else None
     if classes is None:
         return y
     index = {c: i for i, c in enumerate(classes)}

@@ -97,7 +97,7 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     if "target" in g.values or "loss" in g.values or "lr" in g.values:
         raise LincompileError("the names 'target', 'loss' and 'lr' are reserved for the "
                               "training graph; rename those tensors of the model")
-    pred = _loss_input(g, pred, loss)
+    pred = _loss_input(g, pred, loss, model.name)
     target = (g.input("target", [pred.shape[0]], "int64") if loss == "cross-entropy"
               else g.input("target", pred.shape, pred.dtype))
     loss_v = g.apply(LOSSES[loss], [pred, target], name="loss")
@@ -151,15 +151,15 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     return g.verify()
 
 
-def _loss_input(g: Graph, pred: Value, loss: str) -> Value:
+def _loss_input(g: Graph, pred: Value, loss: str, name: str) -> Value:
     """What the loss reads: the prediction, or for cross-entropy the logits (recorded as
     ``lincompile.logits``). A classifier head of one sigmoid column ``z`` (the probabilities
     ``[1 − σ(z), σ(z)]``) gets the two logits ``[0, z]``, whose softmax is exactly that."""
     kind = json.loads(g.meta.get("lincompile.head", "{}")).get("kind", "none")
-    if loss == "mse":
+    if loss == "mse":  # (kind "none": a tensor chosen by name)
         if kind != "none":
             raise LincompileError(
-                f"model '{g.name}' ends in a {kind} classifier head, left out after its "
+                f"model '{name}' ends in a {kind} classifier head, left out after its "
                 f"logits '{pred.name}': train it with cross-entropy, or choose the output to "
                 "fit with mse by name (logits=NAME, --logits NAME)")
         return pred

@@ -52,9 +52,9 @@ class Scorer:
     """The model's metric on rows ``x, y``, with the parameters fed as inputs, so one build
     serves every epoch on every target."""
 
-    def __init__(self, model: Graph, target: str, loss: str, binary: bool):
+    def __init__(self, model: Graph, trained: list[str], target: str, loss: str, binary: bool):
         g = model.clone()
-        self.names = [p.name for p in model.trainable()]
+        self.names = list(trained)  # frozen parameters stay constants of the scorer
         g.inputs += [g.params.pop(k).value for k in self.names]
         self.exe = compile(g.verify(), target)
         self.x, self.out = model.inputs[0].name, model.outputs[0].name
@@ -141,8 +141,15 @@ def _header(progress: Progress, model, data, x, sizes, graph: Graph, step: Graph
     logits = step.meta.get("lincompile.logits")
     progress.say(f"  model     {graph.name}: {n_linear} Linear layers, {values:,} trainable "
                  "values" + (f"; logits '{logits}'" if logits else "")
-                 + (f" before a {head['kind']} head ({len(head['nodes'])} node"
-                    f"{'s' if len(head['nodes']) != 1 else ''}, kept as is)" if head else ""))
+                 + (_head_text(head) if head else ""))
+
+
+def _head_text(head: dict) -> str:
+    n = len(head["nodes"])
+    nodes = f"{n} node{'s' if n != 1 else ''}, kept as is"
+    if head["kind"] == "none":
+        return f" (chosen by name; {nodes} after it)"
+    return f" before a {head['kind']} head ({nodes})"
 
 
 def _optimizer(optimizer: Optimizer | str) -> Optimizer:
@@ -185,7 +192,8 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
     head = json.loads(graph.meta.get("lincompile.head", "{}"))
     x, y = load_data(data, graph, loss, head, x_key, y_key)
     x_tr, y_tr, x_val, y_val = split(x, y, val_split, seed)
-    scorer = Scorer(graph, target, loss, head.get("kind") == "sigmoid")
+    scorer = Scorer(graph, [k for k in step.initial_state if k in graph.params], target, loss,
+                    head.get("kind") == "sigmoid")
     progress = Progress(stream, epochs)
     where = "val" if val_split else "train"
     _header(progress, path or graph.name, data, x, (len(x_tr), len(x_val) if val_split else 0),

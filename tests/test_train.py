@@ -316,3 +316,30 @@ def test_one_logit_with_cross_entropy_is_refused(tmp_path):
     g.output(g.linear(g.input("x", ["N", 4]), 1, name="fc"))
     with pytest.raises(lc.LincompileError, match="one logit.*--loss mse.*two logits"):
         lc.training_graph(g, loss="cross-entropy", optimizer=lc.SGD())
+
+
+def test_binary_head_labels_map_to_its_classes_and_frozen_layers_stay(tmp_path):
+    """skl2onnx's two-class head with class labels 10 and 11: the data speaks in labels, the
+    written copy answers in labels, and a frozen weight is written back unchanged."""
+    from test_layout import sk_like
+
+    path = tmp_path / "bin.onnx"
+    onnx.save(sk_like(binary=True), path)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((80, 5)).astype(np.float32)
+    y = np.where(x[:, 0] + x[:, 1] > 0, 11, 10)
+    _, hist = lc.train(path, (x, y), optimizer=lc.SGD(0.1, momentum=0.9), epochs=3,
+                       batch_size=16, freeze=["coefficient"], out=tmp_path / "out.onnx")
+    before = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in onnx.load(tmp_path / "out.onnx")
+             .graph.initializer}
+    np.testing.assert_array_equal(after["coefficient"], before["coefficient"])
+    assert not np.array_equal(after["coefficient1"], before["coefficient1"])
+    order = np.random.default_rng(0).permutation(80)
+    val = order[:16]
+    sess = ort.InferenceSession(tmp_path / "out.onnx", providers=["CPUExecutionProvider"])
+    labels = sess.run(["label"], {"X": x[val]})[0].reshape(-1)
+    assert set(labels.tolist()) <= {10, 11}
+    assert np.mean(labels == y[val]) == pytest.approx(hist.metric[-1])
+    with pytest.raises(lc.LincompileError, match="label 3 is not a class.*classes: 10..11"):
+        lc.train(path, (x, np.where(y == 10, 3, 11)), epochs=1)
