@@ -321,8 +321,9 @@ def _print_head(graph) -> None:
         print(f"logits: {logits}" + (" (trained by cross-entropy)"
                                      if "lincompile.logits" in graph.meta else ""))
     if head:
-        print(f"classifier head ({head['kind']}, left out; a trained copy keeps it): "
-              f"{', '.join(head['nodes'])}"
+        what = ("after the chosen logits" if head["kind"] == "none" else
+                f"classifier head ({head['kind']})")
+        print(f"{what}, left out (a trained copy keeps it): {', '.join(head['nodes'])}"
               + (f" -> {', '.join(head['outputs'])}" if head["outputs"] else ""))
 
 
