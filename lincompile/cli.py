@@ -7,6 +7,7 @@ and example. Exit codes: 0 ok, 1 validation failed, 2 usage or input error.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import traceback
@@ -51,13 +52,24 @@ def command(name: str, add_args: Callable, help: str, example: str):
 
 
 # ------------------------------------------------------------------------------- helpers
-def load(path: str):
-    """A model or training graph from an ONNX file (errors say which file)."""
+def load(path: str, a: argparse.Namespace | None = None):
+    """A model or training graph from an ONNX file (errors say which file), imported as
+    ``--dynamic-batch`` and ``--logits`` ask."""
     from . import load_onnx
 
     if not Path(path).is_file():
         raise UsageError(f"no such file: '{path}'")
-    return load_onnx(path)
+    return load_onnx(path, batch="N" if getattr(a, "dynamic_batch", False) else None,
+                     logits=getattr(a, "logits", None))
+
+
+def _model_flags(p) -> None:
+    """How a command reads a model file."""
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="make a leading (batch) dim that the file fixes symbolic, N")
+    p.add_argument("--logits", metavar="NAME",
+                   help="import the model up to this tensor (default: the logits before a "
+                        "classifier head such as Softmax, found from the outputs)")
 
 
 def _dims(shape) -> str:
@@ -159,10 +171,13 @@ def _export_args(p):
     p.add_argument("model", help="the model, an ONNX file (e.g. from torch.onnx.export)")
     p.add_argument("-o", "--output", required=True, metavar="TRAIN.onnx",
                    help="where to write the training graph")
+    p.add_argument("--state", metavar="PATH", help="where to write the starting state (default: "
+                   "TRAIN.state.npz beside TRAIN.onnx)")
     _training_args(p, required=True)
     p.add_argument("--portable", action="store_true",
                    help="write one flat graph of standard ops (no local functions, one opset "
                         "import) that every ONNX runtime runs: OpenVINO, tract, onnx.reference")
+    _model_flags(p)
 
 
 def _training_args(p, required: bool):
@@ -216,15 +231,21 @@ def optimizer_from(a: argparse.Namespace):
          "lincompile export-training mlp.onnx -o mlp_train.onnx --loss cross-entropy "
          "--optimizer sgd --lr 0.1 --momentum 0.9")
 def export_training(a) -> int:
+
     from . import save_onnx, training_graph
+    from .files import save_npz
+    from .frontends.layout import start_state
 
     opt = optimizer_from(a)
-    model = load(a.model)
     out = Path(a.output)
-    refuse_overwrite([a.model], [out, out.with_name(out.name + ".data")])
+    state_path = Path(a.state) if a.state else out.with_name(
+        (out.name[:-5] if out.name.endswith(".onnx") else out.name) + ".state.npz")
+    refuse_overwrite([a.model], [out, out.with_name(out.name + ".data"), state_path])
+    model = load(a.model, a)
     train = training_graph(model, loss=a.loss, optimizer=opt, frozen=a.freeze,
                            emit_grads=a.emit_grads)
     path = save_onnx(train, out, portable=a.portable)
+    save_npz(state_path, start_state(train))
     _, frozen, state = roles(train)
     print(f"wrote {path}: training step of '{model.name}' ({a.loss}, "
           f"{'no optimizer' if opt is None else opt}{', portable form' if a.portable else ''})")
@@ -232,12 +253,23 @@ def export_training(a) -> int:
     print("  outputs: " + ", ".join(v.name for v in train.outputs))
     if frozen:
         print("  frozen:  " + ", ".join(v.name for v in frozen))
-    print(f"start from the parameter values in {a.model} (same names)"
-          + (f", each P.sum at {opt.initial_accumulator_value:g}"
-             if getattr(opt, "initial_accumulator_value", 0) else
-             ", optimizer state at zero" if state else "")
-          + (", step 0" if any(v.name == "step" for v in state) else "")
-          + "; feed each X.next back as X (docs/training-graphs.md)")
+    if "lincompile.logits" in train.meta:
+        print(f"  logits:  {train.meta['lincompile.logits']}")
+    moved = [f"{k} (from {m['source']}, {m['transform']}d)" if m["transform"] != "identity"
+             else f"{k} (from {m['source']})" for k, m in
+             json.loads(train.meta["lincompile.params"]).items()
+             if m["transform"] != "identity" or m["source"] != k]
+    if moved:
+        print("  layout:  " + ", ".join(moved))
+    feeds = start_state(train)
+    print(f"wrote {state_path}: the starting state, in this graph's layout (parameters"
+          + (", optimizer state at zero" if state else "")
+          + (", step 0" if "step" in feeds else "")
+          + (f", lr {float(feeds['lr']):g}" if "lr" in feeds else "") + ")")
+    data = [v.name for v in train.inputs if v.name not in feeds]
+    data = ", ".join(data[:-1]) + " and " + data[-1] if len(data) > 1 else data[0]
+    print(f"start from dict(np.load('{state_path}')) plus {data}; feed each X.next back as X "
+          "(docs/training-graphs.md)")
     return OK
 
 
@@ -251,6 +283,7 @@ def _validate_args(p):
                         "most 2 GiB")
     p.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed of the random feeds, ≥ 0 (default 0)")
+    _model_flags(p)
 
 
 @command("validate", _validate_args,
@@ -265,7 +298,7 @@ def validate(a) -> int:
     if unknown or not targets:
         raise UsageError(f"unknown target(s) {unknown or a.targets!r}; choose from "
                          f"{', '.join(TARGETS)}")
-    graph = load(a.file)
+    graph = load(a.file, a)
     report = validate(graph, targets, batch=a.batch, seed=a.seed)
     print(f"validate {a.file}: graph '{graph.name}', batch {a.batch}, seed {a.seed}; "
           f"bound ‖out − ref‖/‖ref‖ ≤ {REL_BOUND:g} against the float64 reference")
@@ -281,6 +314,7 @@ def validate(a) -> int:
 def _explain_args(p):
     p.add_argument("file", help="an ONNX model or training graph")
     p.add_argument("--format", choices=["text", "markdown", "latex"], default="text")
+    _model_flags(p)
 
 
 @command("explain", _explain_args,
@@ -289,12 +323,13 @@ def _explain_args(p):
 def explain(a) -> int:
     from .explain import explain
 
-    print(explain(load(a.file), a.format), end="")
+    print(explain(load(a.file, a), a.format), end="")
     return OK
 
 
 def _info_args(p):
     p.add_argument("file", help="an ONNX model or training graph")
+    _model_flags(p)
 
 
 @command("info", _info_args,
@@ -303,7 +338,7 @@ def _info_args(p):
 def info(a) -> int:
     import onnx
 
-    graph = load(a.file)
+    graph = load(a.file, a)
     proto = onnx.load(a.file, load_external_data=False)   # opset, producer, ONNX node types
     trainable, frozen, state = roles(graph)
     role = "training graph" if any(v.name == "loss" for v in graph.outputs) else "model"
@@ -323,11 +358,12 @@ def info(a) -> int:
     print(f"parameters: {len(trainable)} trainable ({n_train:,} values), {len(frozen)} frozen "
           f"({n_frozen:,} values)")
     for v in trainable:
-        print(row(v, f" {size(v):>9,}  trainable"))
+        print(row(v, f" {size(v):>9,}  trainable{_source(graph, v.name)}"))
     for v in frozen:
         print(row(v, f" {size(v):>9,}  frozen"))
     if state:
         print(f"optimizer state ({len(state)}): " + ", ".join(v.name for v in state))
+    _print_head(graph)
     ops = Counter(n.op for n in graph.nodes)
     onnx_ops = Counter(n.op_type for n in proto.graph.node)
     print("ops: " + ", ".join(f"{k} ×{c}" for k, c in sorted(ops.items())))
@@ -342,6 +378,29 @@ def info(a) -> int:
 #: The files ``compile`` writes into its output folder, per target.
 GENERATED = {"c": ("model.c", "model.h", "Makefile"),
              "cuda": ("model.cu", "model.h", "Makefile", "cuda_cpu.h")}
+
+
+def _print_head(graph) -> None:
+    """Which tensor is trained as the logits, and the classifier head left out after it."""
+    head = json.loads(graph.meta.get("lincompile.head", "{}"))
+    logits = graph.meta.get("lincompile.logits") or head.get("logits")
+    if logits:
+        print(f"logits: {logits}" + (" (trained by cross-entropy)"
+                                     if "lincompile.logits" in graph.meta else ""))
+    if head:
+        what = ("after the chosen logits" if head["kind"] == "none" else
+                f"classifier head ({head['kind']})")
+        print(f"{what}, left out (a trained copy keeps it): {', '.join(head['nodes'])}"
+              + (f" -> {', '.join(head['outputs'])}" if head["outputs"] else ""))
+
+
+def _source(graph, name: str) -> str:
+    """Where a trainable parameter comes from in the model file, where not the same name."""
+    m = json.loads(graph.meta.get("lincompile.params", "{}")).get(name)
+    if not m or (m["source"] == name and m["transform"] == "identity"):
+        return ""
+    return f"  (file: {m['source']}" + (f", {m['transform']}d)" if m["transform"] != "identity"
+                                         else ")")
 
 
 def _compile_args(p):
@@ -364,6 +423,7 @@ def _compile_args(p):
     p.add_argument("--train", action="store_true",
                    help="also generate the training step (needs --loss and --optimizer)")
     _training_args(p, required=False)
+    _model_flags(p)
 
 
 @command("compile", _compile_args,
@@ -376,7 +436,7 @@ def compile_(a) -> int:
     from .backends.c import write_c_sources
     from .files import refuse_foreign
 
-    graph = load(a.model)
+    graph = load(a.model, a)
     out = Path(a.output)
     refuse_overwrite([a.model], [out / f for f in GENERATED[a.target]])
     refuse_foreign([out / f for f in GENERATED[a.target]], a.force, "--force")
@@ -430,6 +490,53 @@ def lower(a) -> int:
     counts = ", ".join(f"{k} ×{c}" for k, c in sorted(Counter(before).items()))
     print(f"wrote {path}: {len(before)} {DOMAIN} node(s) in standard ops"
           + (f" ({counts})" if counts else ""))
+    return OK
+
+
+def _train_args(p):
+    p.add_argument("model", help="the model, an ONNX file (torch, scikit-learn, Keras, ...)")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help=".npz with arrays x and y, or .csv with the target in the last column")
+    p.add_argument("-o", "--output", required=True, metavar="TRAINED.onnx",
+                   help="where to write the trained model: a copy of MODEL with the trained "
+                        "values (never MODEL itself)")
+    _training_args(p, required=True)
+    p.add_argument("--epochs", type=_number(int, 1, MAX_EPOCHS), default=10, metavar="E",
+                   help="default 10")
+    p.add_argument("--batch-size", type=_number(int, 1, MAX_BATCH), default=32, metavar="B",
+                   help="default 32 (the last minibatch of an epoch may be smaller)")
+    p.add_argument("--val-split", type=_number(float, 0, 1, hi_open=True), default=0.2,
+                   metavar="F", help="fraction of rows held out to score each epoch, in [0, 1) "
+                   "(default 0.2; 0: score on the training rows)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the held-out split and the shuffles (default 0)")
+    p.add_argument("--target", default="onnx", choices=list(TARGETS),
+                   help="where the training step runs (default onnx: onnxruntime)")
+    p.add_argument("--x", default="x", metavar="KEY", help=".npz array of features (default x)")
+    p.add_argument("--y", default="y", metavar="KEY", help=".npz array of targets (default y)")
+    _model_flags(p)
+
+
+@command("train", _train_args,
+         "train a model file on your data and write the trained copy (the batch dim is always "
+         "made symbolic)",
+         "lincompile train mlp.onnx --data digits.npz -o mlp_trained.onnx --loss cross-entropy "
+         "--optimizer adam --lr 0.01 --epochs 5")
+def train(a) -> int:
+    from .training_loop import train as run
+
+    if a.optimizer == "none":
+        raise UsageError("train needs an optimizer: --optimizer sgd, adam, adamw or adagrad")
+    if a.emit_grads:
+        raise UsageError("--emit-grads does not apply to train")
+    if Path(a.data).suffix.lower() == ".csv" and (a.x, a.y) != ("x", "y"):
+        raise UsageError("--x and --y name arrays of a .npz file; a .csv has its target last")
+    if not Path(a.model).is_file():
+        raise UsageError(f"no such file: '{a.model}'")
+    run(a.model, a.data, loss=a.loss, optimizer=optimizer_from(a), epochs=a.epochs,
+        batch_size=a.batch_size, val_split=a.val_split, seed=a.seed, target=a.target,
+        logits=a.logits, freeze=a.freeze, x_key=a.x, y_key=a.y, out=a.output,
+        stream=sys.stdout)
     return OK
 
 

@@ -103,3 +103,18 @@ def write_texts(files: dict[str, str], folder: str | os.PathLike) -> list[Path]:
                 f.write(text)
         return list(files)
     return write_atomically(folder, write)
+
+
+def save_npz(path: str | os.PathLike, arrays: dict) -> Path:
+    """``arrays`` as an uncompressed ``.npz`` at ``path`` exactly (np.savez would append
+    ``.npz`` to another suffix), written atomically."""
+    import numpy as np
+
+    path = Path(path)
+
+    def write(tmp: Path) -> list[str]:
+        with open(tmp / path.name, "wb") as f:
+            np.savez(f, **arrays)
+        return [path.name]
+
+    return write_atomically(path.parent, write)[0]

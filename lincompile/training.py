@@ -24,6 +24,7 @@ import numpy as np
 from .autodiff import append_grads
 from .errors import LincompileError
 from .ir import Graph, Value
+from .ops.base import fmt_shape
 
 LOSSES = {"cross-entropy": "softmax_cross_entropy", "mse": "mse"}
 #: What a training graph adds per trainable parameter P: "P.grad", "P.next", "P.m", …
@@ -176,6 +177,7 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
         raise LincompileError(f"tensor '{clash}' of model '{model.name}' has a name the "
                               f"training graph reserves for {reserved[clash]}; rename it in "
                               "the model")
+    pred = _loss_input(g, pred, loss, model.name)
     target = (g.input("target", [pred.shape[0]], "int64") if loss == "cross-entropy"
               else g.input("target", pred.shape, pred.dtype))
     loss_v = g.apply(LOSSES[loss], [pred, target], name="loss")
@@ -188,6 +190,9 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
         g.initial_state[p.name] = g.params.pop(p.name).data
     grads = append_grads(g, loss_v, params)
     g.meta.update({"lincompile.loss": loss, "lincompile.role": "training"})
+    layout = json.loads(model.meta.get("lincompile.params", "{}"))
+    g.meta["lincompile.params"] = json.dumps({
+        p.name: layout.get(p.name, {"source": p.name, "transform": "identity"}) for p in params})
 
     if optimizer is None:
         g.inputs = [*model_inputs, target, *params]
@@ -226,3 +231,26 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     g.meta["lincompile.optimizer"] = json.dumps({"type": optimizer.op, **asdict(optimizer)},
                                                 allow_nan=False)
     return g.verify()
+
+
+def _loss_input(g: Graph, pred: Value, loss: str, name: str) -> Value:
+    """What the loss reads: the prediction, or for cross-entropy the logits (recorded as
+    ``lincompile.logits``). A classifier head of one sigmoid column ``z`` (the probabilities
+    ``[1 − σ(z), σ(z)]``) gets the two logits ``[0, z]``, whose softmax is exactly that."""
+    kind = json.loads(g.meta.get("lincompile.head", "{}")).get("kind", "none")
+    if loss == "mse":  # (kind "none": a tensor chosen by name)
+        if kind != "none":
+            raise LincompileError(
+                f"model '{name}' ends in a {kind} classifier head, left out after its "
+                f"logits '{pred.name}': train it with cross-entropy, or choose the output to "
+                "fit with mse by name (logits=NAME, --logits NAME)")
+        return pred
+    g.meta["lincompile.logits"] = pred.name
+    if kind == "sigmoid" and pred.shape[-1:] == (1,):
+        columns = g.const(np.array([[0, 1]], pred.dtype), "binary_logits.columns")
+        return g.matmul(pred, columns, name=g.fresh("binary_logits"))
+    if pred.shape[-1:] == (1,):
+        raise LincompileError(
+            f"'{pred.name}' {fmt_shape(pred.shape)} is one logit: cross-entropy needs one per "
+            "class; use --loss mse (loss='mse') for one output, or give the model two logits")
+    return pred

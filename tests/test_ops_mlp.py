@@ -397,7 +397,8 @@ def check_export(name, exporter, tmp_path, opset=None, targets=("reference", "on
     module, ops = _modules(torch)[name]
     module.eval()
     x = _example(name, torch)
-    g = lc.load_onnx(export(module, x, tmp_path / "m.onnx", exporter, opset))
+    # logits="y": the whole model (by default the import stops before a Softmax head)
+    g = lc.load_onnx(export(module, x, tmp_path / "m.onnx", exporter, opset), logits="y")
     assert [n.op for n in g.nodes if n.op != "identity"] == ops, [n.op for n in g.nodes]
     gelus = [n.attrs["approximate"] for n in g.nodes if n.op == "gelu"]
     assert gelus in ([], ["none"], ["none", "tanh"]), gelus

@@ -57,32 +57,44 @@ def _weight(imp: Importer, b: str, stored_in_out: bool):
         return None
     if c.origin and imp.fresh_use(c.origin):  # Transpose(W) of a named weight: W itself
         return imp.linear_param(c.origin)
-    return imp.linear_param(_torch_name(imp, b), c.data.T)
+    return imp.linear_param(_torch_name(imp, b), c.data.T, source=b, transform="transpose")
 
 
 def _bias(imp: Importer, c: str, n_out):
     """``c`` as a linear bias ``[C_out]`` (a constant ``[1, C_out]`` is reshaped), or None."""
     k = imp.const(c)
     if k is not None and k.data.shape == (1, n_out) and imp.fresh_use(c):
-        return imp.linear_param(c, k.data.reshape(n_out))
+        return imp.linear_param(c, k.data.reshape(n_out), transform="reshape")
     shape = k.data.shape if k is not None else imp.value(c).shape
     return imp.linear_param(c) if tuple(shape) == (n_out,) else None
 
 
 def _linear(imp: Importer, x, w):
     """``linear(x, w)``, taking in the bias of a following ``Add`` of a constant bias."""
-    out = imp.node.output[0]
-    users = imp.consumers.get(out, [])
-    if imp.uses[out] == 1 and len(users) == 1 and users[0].op_type == "Add" \
-            and users[0].domain in ("", "ai.onnx"):
-        add = users[0]
+    out, casts = imp.node.output[0], []
+    while (add := _only_user(imp, out)) is not None and add.op_type == "Cast" \
+            and _attrs(add).get("to") == _ONNX_FLOAT.get(x.dtype):  # Keras: MatMul, Cast, Add
+        casts.append(add)
+        out = add.output[0]
+    if add is not None and add.op_type == "Add":
         other = add.input[1] if add.input[0] == out else add.input[0]
         bias = _bias(imp, other, w.shape[0]) if other in imp.consts else None
         if bias is not None:
-            imp.done.add(id(add))
+            imp.done.update(id(n) for n in [*casts, add])
             imp.bind(add, imp.emit("linear", [x, w, bias]))
             return None
     return imp.emit("linear", [x, w])
+
+
+_ONNX_FLOAT = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE}
+
+
+def _only_user(imp: Importer, name: str) -> onnx.NodeProto | None:
+    """The one default-domain node reading ``name``, if it is read once (not an output)."""
+    users = imp.consumers.get(name, [])
+    if imp.uses[name] == 1 and len(users) == 1 and users[0].domain in ("", "ai.onnx"):
+        return users[0]
+    return None
 
 
 def gemm(imp: Importer, node: onnx.NodeProto) -> Result:
@@ -163,7 +175,8 @@ def reshape(imp: Importer, node: onnx.NodeProto) -> Result:
     shape = [int(d) for d in c.data.reshape(-1)]
     if _attrs(node).get("allowzero", 0) and 0 in shape:
         raise imp.unsupported("allowzero=1 with a 0 in the target shape")
-    return imp.emit("reshape", [imp.value(node.input[0])], shape=shape)
+    x = imp.value(node.input[0])
+    return imp.emit("reshape", [x], shape=imp.batch_reshape(x, shape))
 
 
 def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
