@@ -168,7 +168,8 @@ def roles(graph) -> tuple[list, list, list]:
 
 # ------------------------------------------------------------------------------- commands
 def _export_args(p):
-    p.add_argument("model", help="the model, an ONNX file (e.g. from torch.onnx.export)")
+    p.add_argument("model", nargs="?", help="the model, an ONNX file (e.g. from "
+                   "torch.onnx.export)")
     p.add_argument("-o", "--output", required=True, metavar="TRAIN.onnx",
                    help="where to write the training graph")
     p.add_argument("--state", metavar="PATH", help="where to write the starting state (default: "
@@ -460,8 +461,11 @@ def compile_(a) -> int:
         paths = write_c_sources(graphs, a.output, prefix=a.prefix, threads=a.threads,
                                 force=a.force)
     print(f"wrote {', '.join(str(p) for p in paths)}")
-    entries = ", ".join(f"{a.prefix}_{e}" for e in graphs)
-    print(f"entry points: {entries} (documented in model.h); build: make -C {a.output}")
+    entries = [f"{a.prefix}_{e}" for e in graphs]
+    entries += [f"{a.prefix}_{e}_init" for e, g in graphs.items() if g.initial_state]
+    entries.append(f"{a.prefix}_workspace_size")
+    print(f"entry points: {', '.join(entries)} (documented in model.h); build: "
+          f"make -C {a.output}")
     return OK
 
 
@@ -494,7 +498,8 @@ def lower(a) -> int:
 
 
 def _train_args(p):
-    p.add_argument("model", help="the model, an ONNX file (torch, scikit-learn, Keras, ...)")
+    p.add_argument("model", nargs="?",
+                   help="the model, an ONNX file (torch, scikit-learn, Keras, ...)")
     p.add_argument("--data", required=True, metavar="DATA",
                    help=".npz with arrays x and y, or .csv with the target in the last column")
     p.add_argument("-o", "--output", required=True, metavar="TRAINED.onnx",
@@ -624,6 +629,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model_after_freeze(a: argparse.Namespace) -> None:
+    """``--freeze A B MODEL.onnx``: argparse gives MODEL to ``--freeze`` too (it takes one
+    or more names); take the last one back as the model when no model came otherwise."""
+    if "model" not in a or a.model is not None:
+        return
+    if getattr(a, "freeze", None) and a.freeze[-1].lower().endswith(".onnx"):
+        a.model = a.freeze.pop()
+    else:
+        raise UsageError(f"the following arguments are required: model (see 'lincompile "
+                         f"{a.command} -h')")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:  # never die on printing Σ or ∂ to a non-UTF-8 terminal
         sys.stdout.reconfigure(errors="replace")
@@ -636,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.command is None:
             parser().print_help(sys.stderr)
             return USAGE
+        _model_after_freeze(a)
         return a.run(a)
     except KeyboardInterrupt:
         print("lincompile: interrupted", file=sys.stderr)
