@@ -28,7 +28,7 @@ BLOCK = re.compile(r"```\n(\$ lincompile [^\n]*)\n(.*?)```", re.S)
 DEMO = re.compile(r"```bash\npip install \.\nlincompile demo\n```\n\n```\n(.*?)```", re.S)
 SETUP = re.compile(r"```python\n(import numpy as np\nfrom sklearn[^`]*?)```", re.S)
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?")
-TIMING = re.compile(r"\bin \d+(?:\.\d+)? s\b")
+TIMING = re.compile(r"\bin \d+(?:\.\d+)? (?:s|ms|µs)\b")
 
 
 def samples(text: str) -> list[tuple[str, str, int]]:
