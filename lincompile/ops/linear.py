@@ -1,7 +1,7 @@
 """Linear and the matrix product its gradients are built from.
 
 Linear: ``out[n, o] = bias[o] + Σ_k weight[o, k] · input[n, k]``, weight ``[C_out, C_in]``.
-Its gradient rule is the chain-rule table of DESIGN §1, one line per input.
+Its gradient rule is the chain-rule table of docs/derivation.md, one line per input.
 
 Both take leading dims as torch does: an input ``[*, C_in]`` is the matrix of its rows
 (the leading dims flattened, a view), so Linear maps ``[*, C_in] → [*, C_out]`` and the
