@@ -264,7 +264,9 @@ def export_training(a) -> int:
         print("  layout:  " + ", ".join(moved))
     feeds = start_state(train)
     print(f"wrote {state_path}: the starting state, in this graph's layout (parameters"
-          + (", optimizer state at zero" if state else "")
+          + (f", each P.sum at {opt.initial_accumulator_value:g}"
+             if getattr(opt, "initial_accumulator_value", 0) else
+             ", optimizer state at zero" if state else "")
           + (", step 0" if "step" in feeds else "")
           + (f", lr {float(feeds['lr']):g}" if "lr" in feeds else "") + ")")
     data = [v.name for v in train.inputs if v.name not in feeds]

@@ -293,7 +293,7 @@ def usage_error(capsys, *args) -> str:
     (["-o", "{model}"], ["will not write over"]),
     (["--optimizer", "none"], ["needs an optimizer"]),
     (["--emit-grads"], ["--emit-grads does not apply"]),
-    (["--val-split", "1"], ["--val-split 1.0 must lie in [0, 1)"]),
+    (["--val-split", "1"], ["--val-split", "in [0, 1)"]),
     (["--target", "gpu"], ["invalid choice: 'gpu'"]),
     (["--logits", "nope"], ["logits 'nope': no tensor of the model"]),
     (["--loss", "mse"], ["y rows are [] but the model's output 'logits' gives [N, 3]"]),
