@@ -120,7 +120,7 @@ def _arch(s: str) -> str:
 
 #: Bounds of the integer arguments: sane, and far below what would overflow anything.
 _seed = _number(int, 0, 2**63 - 1)
-MAX_BATCH, MAX_EPOCHS, MAX_THREADS = 2**31 - 1, 100_000, 1024
+MAX_BATCH, MAX_EPOCHS, MAX_THREADS, MAX_WORKERS = 2**31 - 1, 100_000, 1024, 4096
 
 
 def input_files(path: str | Path, outputs: list[Path]) -> list[Path]:
@@ -538,6 +538,11 @@ def _train_args(p):
                    help="seed of the held-out split and the shuffles (default 0)")
     p.add_argument("--target", default="onnx", choices=list(TARGETS),
                    help="where the training step runs (default onnx: onnxruntime)")
+    p.add_argument("--workers", type=_number(int, 1, MAX_WORKERS), metavar="N",
+                   help="data-parallel processes on torch.distributed (needs torch; gloo, or "
+                        "NCCL for --target cuda): each runs its shard of every minibatch and "
+                        "the gradients are all-reduced (default 1; under torchrun: as many as "
+                        "it started)")
     p.add_argument("--x", default="x", metavar="KEY", help=".npz array of features (default x)")
     p.add_argument("--y", default="y", metavar="KEY", help=".npz array of targets (default y)")
     _model_flags(p)
@@ -561,8 +566,8 @@ def train(a) -> int:
         raise UsageError(f"no such file: '{a.model}'")
     run(a.model, a.data, loss=a.loss, optimizer=optimizer_from(a), epochs=a.epochs,
         batch_size=a.batch_size, val_split=a.val_split, seed=a.seed, target=a.target,
-        logits=a.logits, freeze=a.freeze, x_key=a.x, y_key=a.y, out=a.output,
-        stream=sys.stdout)
+        logits=a.logits, freeze=a.freeze, x_key=a.x, y_key=a.y, workers=a.workers,
+        out=a.output, stream=sys.stdout)
     return OK
 
 
