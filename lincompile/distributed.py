@@ -176,23 +176,28 @@ def data_parallel(train: Callable[..., Any], args: dict[str, Any]) -> Any:
     this process's :class:`Worker`; returns rank 0's result. Joins torchrun's group (or one
     already set up), or starts the workers here."""
     dist = torch_distributed()
-    n = world_size(args["workers"])
     if dist.is_initialized():   # the caller's own group
+        if args["workers"] is not None and args["workers"] != dist.get_world_size():
+            raise DistributedError(f"workers={args['workers']}, but this process is in a group "
+                                   f"of {dist.get_world_size()}; leave workers out")
         local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
         me = Worker(dist.get_rank(), dist.get_world_size(), dist.get_backend(), local)
         return _run(train, args, me)
     if under_torchrun():
         local = int(os.environ.get("LOCAL_RANK", 0))
-        backend = _backend(args["target"], int(os.environ.get("LOCAL_WORLD_SIZE", n)))
+        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        backend = _backend(args["target"], local_size)
         if backend == "nccl":
             import torch
 
             torch.cuda.set_device(local)
         dist.init_process_group(backend)   # env://: MASTER_ADDR, MASTER_PORT from torchrun
         try:
-            return _run(train, args, Worker(dist.get_rank(), n, backend, local))
+            return _run(train, args, Worker(dist.get_rank(), dist.get_world_size(), backend,
+                                            local))
         finally:
             dist.destroy_process_group()
+    n = world_size(args["workers"])
     return _spawn(train, args, n, _backend(args["target"], n))
 
 
