@@ -109,8 +109,6 @@ class DataParallelStep:
         sizes = [int(np.prod(v.shape)) for v in self.params]
         self.offsets = np.cumsum([1, *sizes])   # buffer: [loss, P1.grad..., P2.grad..., ...]
         self.worker = worker
-        if target == "cuda":
-            _use_gpu(worker.local_rank)
 
     def __call__(self, x: np.ndarray, y: np.ndarray, lr: np.ndarray,
                  state: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
@@ -142,6 +140,17 @@ def _all_reduce_sum(buf: np.ndarray, worker: Worker) -> None:
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     if t.device.type != "cpu":
         buf[:] = t.cpu().numpy()
+
+
+def _bind(target: str, backend: str, local_rank: int) -> None:
+    """Before anything is compiled or reduced: this process's GPU is number ``local_rank``, for
+    NCCL and for lincompile's CUDA kernels alike."""
+    if backend == "nccl":
+        import torch
+
+        torch.cuda.set_device(local_rank)
+    if target == "cuda":
+        _use_gpu(local_rank)
 
 
 def _use_gpu(local_rank: int) -> None:
@@ -182,15 +191,13 @@ def data_parallel(train: Callable[..., Any], args: dict[str, Any]) -> Any:
                                    f"of {dist.get_world_size()}; leave workers out")
         local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
         me = Worker(dist.get_rank(), dist.get_world_size(), dist.get_backend(), local)
+        _bind(args["target"], me.backend, local)
         return _run(train, args, me)
     if under_torchrun():
         local = int(os.environ.get("LOCAL_RANK", 0))
         local_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         backend = _backend(args["target"], local_size)
-        if backend == "nccl":
-            import torch
-
-            torch.cuda.set_device(local)
+        _bind(args["target"], backend, local)
         dist.init_process_group(backend)   # env://: MASTER_ADDR, MASTER_PORT from torchrun
         try:
             return _run(train, args, Worker(dist.get_rank(), dist.get_world_size(), backend,
@@ -227,6 +234,7 @@ def _spawn(train: Callable[..., Any], args: dict[str, Any], n: int, backend: str
         for p in procs:
             p.start()
         _await_workers(store, procs, errors, n)
+        _bind(args["target"], backend, 0)
         with _loopback_gloo():
             dist.init_process_group(backend, store=store, rank=0, world_size=n)
         try:
@@ -254,6 +262,7 @@ def _worker(train, args, rank, n, backend, port, errors) -> None:
         store = dist.TCPStore("127.0.0.1", port, n, is_master=False,
                               timeout=timedelta(seconds=START_TIMEOUT_S))
         store.add(_READY, 1)
+        _bind(args["target"], backend, rank)
         with _loopback_gloo():
             dist.init_process_group(backend, store=store, rank=rank, world_size=n)
         try:
