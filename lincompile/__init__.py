@@ -15,7 +15,7 @@ from .errors import (
     ValidationError,
 )
 from .ir import Graph, Node, Param, Value
-from .training import SGD, Adagrad, Adam, AdamW, training_graph
+from .training import SGD, Adagrad, Adam, AdamW, SplitTraining, training_graph
 from .validate import Report, random_feeds, validate
 
 
@@ -59,7 +59,7 @@ def save_onnx(graph, path, portable=False, inline=None, external_data=None):
 __all__ = [
     "SGD", "TARGETS", "Adagrad", "Adam", "AdamW", "CompileError", "Executable", "FeedError",
     "GradientError", "Graph", "LincompileError", "ModelLoadError", "Node", "Param", "Report",
-    "ShapeError", "UnsupportedOpError", "ValidationError", "Value", "__version__", "compile",
-    "grad", "load_onnx", "random_feeds", "save_onnx", "train", "training_graph", "validate",
-    "write_trained",
+    "ShapeError", "SplitTraining", "UnsupportedOpError", "ValidationError", "Value",
+    "__version__", "compile", "grad", "load_onnx", "random_feeds", "save_onnx", "train",
+    "training_graph", "validate", "write_trained",
 ]

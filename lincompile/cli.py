@@ -120,7 +120,7 @@ def _arch(s: str) -> str:
 
 #: Bounds of the integer arguments: sane, and far below what would overflow anything.
 _seed = _number(int, 0, 2**63 - 1)
-MAX_BATCH, MAX_EPOCHS, MAX_THREADS = 2**31 - 1, 100_000, 1024
+MAX_BATCH, MAX_EPOCHS, MAX_THREADS, MAX_WORKERS = 2**31 - 1, 100_000, 1024, 4096
 
 
 def input_files(path: str | Path, outputs: list[Path]) -> list[Path]:
@@ -154,7 +154,8 @@ def roles(graph) -> tuple[list, list, list]:
     ``P.grad`` among the outputs."""
     outs = {v.name for v in graph.outputs}
     frozen = [p.value for p in graph.params.values() if not p.const and not p.trainable]
-    if not any(v.name == "loss" for v in graph.outputs):  # a model: its initializers
+    if graph.meta.get("lincompile.role") != "training" and not any(
+            v.name == "loss" for v in graph.outputs):   # a model: its initializers
         return [p.value for p in graph.params.values() if p.trainable and not p.const], \
             frozen, []
     stepped = [v for v in graph.inputs if f"{v.name}.next" in outs or f"{v.name}.grad" in outs]
@@ -178,6 +179,10 @@ def _export_args(p):
     p.add_argument("--portable", action="store_true",
                    help="write one flat graph of standard ops (no local functions, one opset "
                         "import) that every ONNX runtime runs: OpenVINO, tract, onnx.reference")
+    p.add_argument("--split", action="store_true",
+                   help="write two graphs instead of one, for data-parallel loops: "
+                        "TRAIN.grad.onnx (loss and every P.grad) and TRAIN.update.onnx (P, "
+                        "P.grad, state and lr -> P.next and state .next)")
     _model_flags(p)
 
 
@@ -238,39 +243,57 @@ def export_training(a) -> int:
     from .frontends.layout import start_state
 
     opt = optimizer_from(a)
+    if a.split and opt is None:
+        raise UsageError("--split needs an optimizer (the gradient graph alone is "
+                         "--optimizer none)")
+    if a.split and a.emit_grads:
+        raise UsageError("--emit-grads does not apply with --split: the gradient graph always "
+                         "outputs every P.grad")
     out = Path(a.output)
-    state_path = Path(a.state) if a.state else out.with_name(
-        (out.name[:-5] if out.name.endswith(".onnx") else out.name) + ".state.npz")
-    refuse_overwrite([a.model], [out, out.with_name(out.name + ".data"), state_path])
+    stem = out.name[:-5] if out.name.endswith(".onnx") else out.name
+    state_path = Path(a.state) if a.state else out.with_name(stem + ".state.npz")
+    # --split: -o TRAIN.onnx names the pair TRAIN.grad.onnx and TRAIN.update.onnx
+    outs = ([out.with_name(f"{stem}.{part}.onnx") for part in ("grad", "update")] if a.split
+            else [out])
+    refuse_overwrite([a.model], [*outs, *(o.with_name(o.name + ".data") for o in outs),
+                                 state_path])
     model = load(a.model, a)
-    train = training_graph(model, loss=a.loss, optimizer=opt, frozen=a.freeze,
-                           emit_grads=a.emit_grads)
-    path = save_onnx(train, out, portable=a.portable)
-    save_npz(state_path, start_state(train))
-    _, frozen, state = roles(train)
-    print(f"wrote {path}: training step of '{model.name}' ({a.loss}, "
-          f"{'no optimizer' if opt is None else opt}{', portable form' if a.portable else ''})")
-    print("  inputs:  " + ", ".join(f"{v.name} {_dims(v.shape)}" for v in train.inputs))
-    print("  outputs: " + ", ".join(v.name for v in train.outputs))
+    made = training_graph(model, loss=a.loss, optimizer=opt, frozen=a.freeze,
+                          emit_grads=a.emit_grads, split=a.split)
+    graphs = list(made) if a.split else [made]
+    for g, o in zip(graphs, outs):
+        path = save_onnx(g, o, portable=a.portable)
+        what = {"grad": "gradient graph", "update": "update graph"}.get(
+            g.meta.get("lincompile.split"), "training step")
+        print(f"wrote {path}: {what} of '{model.name}' ({a.loss}, "
+              f"{'no optimizer' if opt is None else opt}"
+              f"{', portable form' if a.portable else ''})")
+        print("  inputs:  " + ", ".join(f"{v.name} {_dims(v.shape)}" for v in g.inputs))
+        print("  outputs: " + ", ".join(v.name for v in g.outputs))
+    first, last = graphs[0], graphs[-1]   # the loss side; the side that holds every state
+    frozen, state = roles(first)[1], roles(last)[2]
     if frozen:
         print("  frozen:  " + ", ".join(v.name for v in frozen))
-    if "lincompile.logits" in train.meta:
-        print(f"  logits:  {train.meta['lincompile.logits']}")
+    if "lincompile.logits" in first.meta:
+        print(f"  logits:  {first.meta['lincompile.logits']}")
     moved = [f"{k} (from {m['source']}, {m['transform']}d)" if m["transform"] != "identity"
              else f"{k} (from {m['source']})" for k, m in
-             json.loads(train.meta["lincompile.params"]).items()
+             json.loads(first.meta["lincompile.params"]).items()
              if m["transform"] != "identity" or m["source"] != k]
     if moved:
         print("  layout:  " + ", ".join(moved))
-    feeds = start_state(train)
+    feeds = start_state(last)
+    save_npz(state_path, feeds)
     print(f"wrote {state_path}: the starting state, in this graph's layout (parameters"
           + (f", each P.sum at {opt.initial_accumulator_value:g}"
              if getattr(opt, "initial_accumulator_value", 0) else
              ", optimizer state at zero" if state else "")
           + (", step 0" if "step" in feeds else "")
           + (f", lr {float(feeds['lr']):g}" if "lr" in feeds else "") + ")")
-    data = [v.name for v in train.inputs if v.name not in feeds]
+    data = [v.name for v in first.inputs if v.name not in feeds]
     data = ", ".join(data[:-1]) + " and " + data[-1] if len(data) > 1 else data[0]
+    if a.split:
+        data += " for the gradient graph, its P.grad outputs for the update graph"
     print(f"start from dict(np.load('{state_path}')) plus {data}; feed each X.next back as X "
           "(docs/training-graphs.md)")
     return OK
@@ -345,6 +368,9 @@ def info(a) -> int:
     proto = onnx.load(a.file, load_external_data=False)   # opset, producer, ONNX node types
     trainable, frozen, state = roles(graph)
     role = "training graph" if any(v.name == "loss" for v in graph.outputs) else "model"
+    part = graph.meta.get("lincompile.split")
+    if part in ("grad", "update"):
+        role = f"{'gradient' if part == 'grad' else 'update'} graph of a split training step"
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                 default="?")
     print(f"{a.file}: graph '{graph.name}', {role}, opset {opset}, producer "
@@ -519,6 +545,11 @@ def _train_args(p):
                    help="seed of the held-out split and the shuffles (default 0)")
     p.add_argument("--target", default="onnx", choices=list(TARGETS),
                    help="where the training step runs (default onnx: onnxruntime)")
+    p.add_argument("--workers", type=_number(int, 1, MAX_WORKERS), metavar="N",
+                   help="data-parallel processes on torch.distributed (needs torch; gloo, or "
+                        "NCCL for --target cuda): each runs its shard of every minibatch and "
+                        "the gradients are all-reduced (default 1; under torchrun: as many as "
+                        "it started)")
     p.add_argument("--x", default="x", metavar="KEY", help=".npz array of features (default x)")
     p.add_argument("--y", default="y", metavar="KEY", help=".npz array of targets (default y)")
     _model_flags(p)
@@ -542,8 +573,8 @@ def train(a) -> int:
         raise UsageError(f"no such file: '{a.model}'")
     run(a.model, a.data, loss=a.loss, optimizer=optimizer_from(a), epochs=a.epochs,
         batch_size=a.batch_size, val_split=a.val_split, seed=a.seed, target=a.target,
-        logits=a.logits, freeze=a.freeze, x_key=a.x, y_key=a.y, out=a.output,
-        stream=sys.stdout)
+        logits=a.logits, freeze=a.freeze, x_key=a.x, y_key=a.y, workers=a.workers,
+        out=a.output, stream=sys.stdout)
     return OK
 
 

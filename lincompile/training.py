@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from numbers import Real
+from typing import NamedTuple
 
 import numpy as np
 
@@ -146,21 +147,39 @@ class Adagrad:
 Optimizer = SGD | Adam | AdamW | Adagrad
 
 
+class SplitTraining(NamedTuple):
+    """A training step in two graphs (``training_graph(..., split=True)``): ``grad`` computes
+    ``loss`` and every ``P.grad``; ``update`` applies the optimizer to them (``P``, ``P.grad``,
+    state, ``lr`` → ``P.next``, state ``.next``). Run in sequence they are the fused step; in
+    between, a data-parallel loop all-reduces the gradients."""
+
+    grad: Graph
+    update: Graph
+
+
 def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimizer | None = None,
                    frozen: Sequence[str] = (), emit_grads: bool = False,
-                   name: str | None = None) -> Graph:
+                   name: str | None = None, split: bool = False) -> Graph | SplitTraining:
     """The training step of ``model`` (one output), with the input and output names of
     docs/training-graphs.md.
 
     ``optimizer=None`` outputs ``loss`` and every ``P.grad``; otherwise ``P.next`` and the
-    optimizer state ``S.next`` (plus ``P.grad`` when ``emit_grads``).
+    optimizer state ``S.next`` (plus ``P.grad`` when ``emit_grads``). ``split=True`` returns
+    the same step as a :class:`SplitTraining` pair of a gradient graph and an update graph.
     """
+    if split and optimizer is None:
+        raise LincompileError("split=True needs an optimizer: the gradient graph alone is "
+                              "optimizer=None")
+    if split and emit_grads:
+        raise LincompileError("emit_grads does not apply with split=True: the gradient graph "
+                              "always outputs every P.grad")
     if loss not in LOSSES:
         raise LincompileError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
     if len(model.outputs) != 1:
         raise LincompileError(f"model '{model.name}' has {len(model.outputs)} outputs; a "
                               "training graph needs exactly one (the prediction)")
-    g = model.clone(name or f"{model.name}_train")
+    base = name or f"{model.name}_train"
+    g = model.clone(f"{base}_grad" if split else base)
     unknown = [f for f in frozen if f not in g.params or g.params[f].const]
     if unknown:
         raise LincompileError(f"cannot freeze {unknown}: not parameters of '{model.name}' "
@@ -194,12 +213,36 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     g.meta["lincompile.params"] = json.dumps({
         p.name: layout.get(p.name, {"source": p.name, "transform": "identity"}) for p in params})
 
-    if optimizer is None:
+    if optimizer is None or split:
         g.inputs = [*model_inputs, target, *params]
         g.outputs += [grads[p.name] for p in params]
         g.meta["lincompile.optimizer"] = "none"
-        return g.verify()
+        if not split:
+            return g.verify()
+        u = Graph(f"{base}_update")
+        u.meta = {k: v for k, v in g.meta.items()
+                  if k in ("lincompile.loss", "lincompile.role", "lincompile.params")}
+        u_params = [u.input(p.name, p.shape, p.dtype) for p in params]
+        u_grads = {p.name: u.input(f"{p.name}.grad", p.shape, p.dtype) for p in params}
+        u.initial_state = {p.name: g.initial_state[p.name] for p in params}
+        _append_update(u, u_params, u_grads, [], optimizer, pred.dtype)
+        for h, part in ((g, "grad"), (u, "update")):
+            _optimizer_meta(h, optimizer)
+            h.meta["lincompile.split"] = part
+        return SplitTraining(g.verify(), u.verify())
 
+    _append_update(g, params, grads, [*model_inputs, target], optimizer, pred.dtype)
+    if emit_grads:
+        g.outputs += [grads[p.name] for p in params]
+    _optimizer_meta(g, optimizer)
+    return g.verify()
+
+
+def _append_update(g: Graph, params: list[Value], grads: dict[str, Value],
+                   first: list[Value], optimizer: Optimizer, dtype: str) -> None:
+    """Add ``optimizer``'s state inputs, ``step`` and ``lr``, the update of each parameter and
+    the ``.next`` outputs to ``g``; order the inputs as the contract says: ``first``, then each
+    parameter (with its ``P.grad`` where that is an input) and its state, ``step``, ``lr``."""
     state_in: dict[str, list[Value]] = {}
     fill = optimizer.initial_accumulator_value if isinstance(optimizer, Adagrad) else 0
     for p in params:
@@ -212,7 +255,7 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
     if isinstance(optimizer, (Adam, Adagrad)):
         step = g.input("step", [], "int64")
         g.initial_state["step"] = np.zeros((), np.int64)
-    lr = g.input("lr", [], pred.dtype)
+    lr = g.input("lr", [], dtype)
     for p in params:
         state = state_in[p.name]
         extra = [step] if step is not None else []
@@ -222,15 +265,16 @@ def training_graph(model: Graph, loss: str = "cross-entropy", optimizer: Optimiz
         g.outputs += list(new) if isinstance(new, tuple) else [new]
     if step is not None:
         g.outputs.append(g.add(step, g.const(np.array(1, np.int64), "one"), name="step.next"))
-    if emit_grads:
-        g.outputs += [grads[p.name] for p in params]
-    # the contract's order: model inputs, target, each parameter then its state, step, lr
-    g.inputs = [*model_inputs, target, *(v for p in params for v in (p, *state_in[p.name])),
-                *([step] if step is not None else []), lr]
+    inputs = {v.name for v in g.inputs}
+    g.inputs = [*first, *(v for p in params for v in (
+        p, *([grads[p.name]] if grads[p.name].name in inputs else []), *state_in[p.name])),
+        *([step] if step is not None else []), lr]
+
+
+def _optimizer_meta(g: Graph, optimizer: Optimizer) -> None:
     g.meta["lincompile.lr"] = repr(float(optimizer.lr))
     g.meta["lincompile.optimizer"] = json.dumps({"type": optimizer.op, **asdict(optimizer)},
                                                 allow_nan=False)
-    return g.verify()
 
 
 def _loss_input(g: Graph, pred: Value, loss: str, name: str) -> Value:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -35,6 +36,8 @@ from .train_data import load_data
 from .training import SGD, Adam, AdamW, Optimizer, training_graph
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+#: ``step(x, y, lr, state) -> (loss, next state)``: one minibatch through the training step.
+Step = Callable[[np.ndarray, np.ndarray, np.ndarray, dict], tuple[float, dict]]
 
 
 @dataclass
@@ -82,13 +85,24 @@ def final_line(history: History, where: str, n: int, epochs: int) -> str:
     return f"final {where} {what} after {epochs} epochs in {took}"
 
 
+def fused_step(train: Graph, target: str) -> Step:
+    """The training step as one graph: ``step(x, y, lr, state) -> (loss, next state)``."""
+    exe, data = compile(train, target), train.inputs[0].name
+
+    def step(x, y, lr, state):
+        out = exe.run({data: x, "target": y, "lr": lr, **state})
+        return float(out["loss"]), {k: out[f"{k}.next"] for k in state}
+    return step
+
+
 def fit(train: Graph, scorer: Scorer, x: np.ndarray, y: np.ndarray, x_val: np.ndarray,
         y_val: np.ndarray, *, epochs: int, batch_size: int, seed: int, target: str,
-        progress: Progress, where: str = "val") -> tuple[dict[str, np.ndarray], History]:
+        progress: Progress, where: str = "val", step: Step | None = None
+        ) -> tuple[dict[str, np.ndarray], History]:
     """Train for ``epochs`` over shuffled minibatches (the last one partial); returns the
-    final state (``P`` → value, optimizer state too) and the history."""
-    step = compile(train, target)
-    data = train.inputs[0].name
+    final state (``P`` → value, optimizer state too) and the history. ``step``: how a
+    minibatch is run (default :func:`fused_step`; data-parallel: :mod:`.distributed`)."""
+    step = step or fused_step(train, target)
     state = {k: np.asarray(v) for k, v in train.initial_state.items()}
     lr = np.array(float(train.meta["lincompile.lr"]), np.float32)
     history = History("accuracy" if train.meta["lincompile.loss"] == "cross-entropy" else "rmse")
@@ -99,9 +113,8 @@ def fit(train: Graph, scorer: Scorer, x: np.ndarray, y: np.ndarray, x_val: np.nd
         order, total = rng.permutation(len(x)), 0.0
         for b in range(n_batches):
             idx = order[b * batch_size:(b + 1) * batch_size]
-            out = step.run({data: x[idx], "target": y[idx], "lr": lr, **state})
-            state = {k: out[f"{k}.next"] for k in state}
-            total += float(out["loss"]) * len(idx)
+            loss, state = step(x[idx], y[idx], lr, state)
+            total += loss * len(idx)
             progress.batch(epoch, b + 1, n_batches)
         history.loss.append(total / len(x))
         history.metric.append(scorer(state, x_val, y_val))
@@ -165,8 +178,8 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
           optimizer: Optimizer | str = "adam", epochs: int = 10, batch_size: int = 32,
           val_split: float = 0.2, seed: int = 0, target: str = "onnx",
           logits: str | None = None, freeze=(), x_key: str = "x", y_key: str = "y",
-          out: str | os.PathLike | None = None, stream: TextIO | None = None
-          ) -> tuple[Graph, History]:
+          workers: int | None = None, out: str | os.PathLike | None = None,
+          stream: TextIO | None = None) -> tuple[Graph, History]:
     """Train ``model`` (an ONNX path, or a Graph) on ``data`` (a ``.npz``/``.csv`` path or
     ``(x, y)`` arrays); returns the trained model graph and the :class:`History`.
 
@@ -174,8 +187,11 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
     and, with ``out``, the trained values are written into a copy of it at ``out``
     (``write_trained``); a Graph is written with ``save_onnx``. ``optimizer``: ``"sgd"``,
     ``"adam"``, ``"adamw"`` with torch's defaults, or ``lc.SGD(...)`` etc. ``stream``: where
-    progress goes (None: nowhere).
+    progress goes (None: nowhere). ``workers``: data-parallel processes on torch.distributed
+    (needs torch; default one, or under torchrun as many as it started; docs/data-parallel.md).
     """
+    args = dict(locals())   # the call, for the other processes of a data-parallel run
+    from . import distributed
     from .frontends.layout import write_trained
     from .frontends.onnx_import import load_onnx
 
@@ -186,6 +202,9 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
         raise LincompileError(f"will not write over the model '{model}'; choose another output")
     if path is None and logits is not None:
         raise LincompileError("logits= chooses a tensor of a model file; pass the path")
+    worker = workers if isinstance(workers, distributed.Worker) else None
+    if worker is None and distributed.world_size(workers) > 1:
+        return distributed.data_parallel(train, args)   # runs this function in each process
     graph = load_onnx(path, batch="N", logits=logits) if path is not None else model
     opt = _optimizer(optimizer)
     step = training_graph(graph, loss=loss, optimizer=opt, frozen=freeze)
@@ -199,10 +218,12 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
     _header(progress, path or graph.name, data, x, (len(x_tr), len(x_val) if val_split else 0),
             graph, step, head)
     progress.say(f"  training  {loss} + {opt.op} (lr {opt.lr:g}), batch {batch_size}, "
-                 f"{epochs} epochs, on {target}")
+                 f"{epochs} epochs, on {target}" + (f", {worker}" if worker else ""))
+    run = worker.step(training_graph(graph, loss=loss, optimizer=opt, frozen=freeze,
+                                     split=True), target) if worker else None
     state, history = fit(step, scorer, x_tr, y_tr, x_val, y_val, epochs=epochs,
                          batch_size=batch_size, seed=seed, target=target, progress=progress,
-                         where=where)
+                         where=where, step=run)
     trained = graph.clone()
     params = {k: state[k] for k in step.initial_state if k in trained.params}
     for k, v in params.items():
