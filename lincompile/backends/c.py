@@ -26,13 +26,11 @@ from ..ir import Graph, Value
 from .base import Executable
 from .build import build, bytecode_dir, cc_line, load_library
 from .c_kernels import Context, CStep, emit, gemm_dims, gemm_routine, lower
+from .c_tiles import TILES, gemm_tiles
 from .plan import Plan, Size, make_plan
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
 
 DEFAULT_CFLAGS = ("-O3", "-march=native", "-std=c99")
-#: GEMM register/cache tiles (templates/c/gemm.c.j2), tuned on Zen 4 / AVX-512 with gcc 12.
-#: direct_max_m: nn/tn products with at most this many rows read B in place (no copy).
-TILES = {"mr": 6, "nr": 64, "kc": 512, "mc": 1536, "nc": 192, "direct_max_m": 256}
 ACT_OPS = ("relu", "sigmoid", "tanh")
 #: OpenMP threads a generated C library may use inside one call
 MAX_THREADS = 1024
@@ -109,6 +107,7 @@ class _Source:
                  threads: int, init: bool = False):
         self.prefix = c_ident(prefix)
         self.cflags, self.threads = list(cflags), check_threads(threads)
+        self._tiles: dict[str, int] | None = None
         self.bytecode = bytecode_dir()
         self.consts: dict[tuple, dict] = {}   # (dtype, bytes) -> template view of a param
         self.entries = [self._entry(c_ident(name, "entry name"), g, init)
@@ -166,8 +165,9 @@ class _Source:
             s.c() for s in plan.slots]
         text = self._text(name, graph, plan, ptr, init, layout=layout, decls=decls, steps=body)
         # at most this many pack bytes, whatever the product (gemm.c.j2's lc_gemm_pack_floats)
-        k = TILES["kc"]
-        most = 4 * self.threads * (-(-TILES["mc"] * k // 16) + -(-TILES["nc"] * k // 16)) * 16
+        t = self.tiles() if base else TILES
+        k = t["kc"]
+        most = 4 * self.threads * (-(-t["mc"] * k // 16) + -(-t["nc"] * k // 16)) * 16
         return Entry(name, graph, steps, plan, params, text,
                      max_batch(graph, plan.slots, most + 64 if base else 0))
 
@@ -250,6 +250,12 @@ class _Source:
         return self.consts[key]["id"]
 
     # -------------------------------------------------------------------- files
+    def tiles(self) -> dict[str, int]:
+        """The GEMM tiles for these flags on this host (:func:`.c_tiles.gemm_tiles`)."""
+        if self._tiles is None:
+            self._tiles = gemm_tiles(self.cflags)
+        return self._tiles
+
     def max_n(self) -> int | None:
         """The largest batch every entry's workspace fits (None: any ``long``): above it
         ``<prefix>_workspace_size`` returns SIZE_MAX instead of a wrapped size."""
@@ -264,7 +270,7 @@ class _Source:
                   "cc_line": " ".join(cc_line(self.cflags)),
                   "what": " and ".join(e.text["what"] for e in self.entries),
                   "entries": [e.text for e in self.entries]}
-        gemm = render("c/gemm.c.j2", self.bytecode, **TILES) if uses("lc_gemm") else ""
+        gemm = render("c/gemm.c.j2", self.bytecode, **self.tiles()) if uses("lc_gemm") else ""
         small = render("c/small_gemm.c.j2", self.bytecode) if uses("lc_small") else ""
         dgemm = render("c/dgemm.c.j2", self.bytecode) if uses("lc_dgemm") else ""
         c = render("c/model.c.j2", self.bytecode, **common, gemm=gemm.rstrip("\n"),
