@@ -156,7 +156,7 @@ def test_blocking_follows_the_cache_sizes(tmp_path):
     assert caches == {"L1": 32 << 10, "L2": 1 << 20, "L3": 32 << 20}
     small = c_tiles.blocking(8, 48, caches)
     big = c_tiles.blocking(8, 48, {**caches, "L1": 48 << 10, "L2": 2 << 20})
-    assert 8 * small["kc"] * 4 <= caches["L1"] // 2
+    assert 8 * small["kc"] * 4 <= caches["L1"] // 4
     assert small["kc"] * small["nc"] * 4 <= caches["L2"] // 2
     assert big["nc"] > small["nc"] and big["direct_max_kn"] == (2 << 20) // 8
     assert c_tiles.host_caches.__wrapped__(str(tmp_path / "none")) == c_tiles.DEFAULT_CACHES

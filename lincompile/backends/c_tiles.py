@@ -5,8 +5,8 @@ the host's caches (the decisions; the template holds the code).
   target (asked from the compiler itself, so ``-march=native``, ``-march=x86-64-v3`` or a
   cross target all get a tile that fits their registers);
 - the cache blocks follow the host's L1/L2 sizes (``/sys/devices/system/cpu/cpu0/cache``):
-  the A sliver (``mr`` × ``kc``) fills at most half of L1, the packed B block (``kc`` ×
-  ``nc``) at most half of L2;
+  the A sliver (``mr`` × ``kc``) fills at most a quarter of L1 (the rest holds the B rows
+  streaming through), the packed B block (``kc`` × ``nc``) at most half of L2;
 - the two thresholds (``dot_max_m``: ``nt`` products with at most this many rows skip
   packing; ``direct_max_m``: ``nn``/``tn`` products with at most this many rows read B in
   place, if B's ``K`` × ``N`` floats fill at most half of L2: ``direct_max_kn``) come from a
@@ -124,7 +124,7 @@ def host_caches(root: str = "/sys/devices/system/cpu/cpu0/cache") -> dict[str, i
 
 def blocking(mr: int, nr: int, caches: dict[str, int]) -> dict[str, int]:
     """``kc``, ``mc``, ``nc`` for an ``mr`` × ``nr`` tile and these cache sizes."""
-    kc = caches["L1"] // 2 // (4 * mr) // 64 * 64   # the A sliver: half of L1
+    kc = caches["L1"] // 4 // (4 * mr) // 64 * 64   # the A sliver: a quarter of L1
     kc = max(128, min(512, kc))
     nc = caches["L2"] // 2 // (4 * kc) // nr * nr   # the packed B block: half of L2
     nc = max(nr, min(nc, 4096 // nr * nr))
