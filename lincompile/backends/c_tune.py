@@ -12,7 +12,8 @@ few row counts on a fixed-size product, interleaved, taking medians of per-threa
 which the unpacked path is not slower. It takes a second or two, once; the choice is then
 read from the cache, so it is the same for every later build. ``LINCOMPILE_TUNE=0`` skips
 it (defaults: :data:`.c_tiles.DEFAULT_DOT_MAX_M`, :data:`.c_tiles.DEFAULT_DIRECT_MAX_M`).
-A failure to build or run the measurement falls back to the defaults.
+A failure to build or run the measurement falls back to the defaults; ``lincompile cache
+clear`` forgets the choices (they are measured again at the next build).
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CompileError
-from .build import build_cached, cache_dir, cache_key, cc_line, compiler, compiler_id, host_cpu
+from .build import (
+    build_cached,
+    cache_key,
+    cc_line,
+    compiler,
+    compiler_id,
+    host_cpu,
+    load_library,
+    tune_dir,
+)
 from .render import render
 
 VERSION = "2"   # bump when the measurement changes: old cached choices are then ignored
@@ -97,7 +107,7 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
     files = {"tune.c": _source(tiles)}
     cmd = cc_line(flags, "tune.c", "libtune.so")
     key = cache_key(files, cmd, compiler_id(cmd[0]), host_cpu())
-    lib = ctypes.CDLL(str(build_cached(key, files, cmd, "libtune.so", "tune.c")))
+    lib = load_library(build_cached(key, files, cmd, "libtune.so", "tune.c"))
     fn = lib.lc_tune_time
     fn.restype = ctypes.c_double
     fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2
@@ -132,7 +142,7 @@ def cache_path(cflags: Sequence[str], tiles: dict) -> Path:
     base = {k: v for k, v in tiles.items() if k not in KNOBS}
     key = cache_key({"tiles": json.dumps(base, sort_keys=True)}, list(cflags), VERSION,
                     compiler_id(compiler()), host_cpu())
-    return cache_dir() / "tune" / f"{key}.json"
+    return tune_dir() / f"{key}.json"
 
 
 def thresholds(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, int]:
