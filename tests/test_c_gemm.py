@@ -45,6 +45,12 @@ WRAP = "\n".join(f"""
 void t_{lay}(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
              int ldb, float beta, float *C, int ldc, const float *bias, int act, int threads) {{
     lc_gemm_{lay}(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, act, pack, threads);
+}}
+void f_{lay}(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+             int ldb, float beta, const float *S, float *C, int ldc, const float *bias,
+             int act, int threads) {{
+    lc_gemm_{lay}_from(M, N, K, alpha, A, lda, B, ldb, beta, S, C, ldc, bias, act, pack,
+                      threads);
 }}""" for lay in ("nt", "nn", "tn", "tt"))
 SHAPES = [(1, 1, 1), (3, 17, 5), (7, 33, 64), (37, 45, 29), (65, 130, 9), (130, 20, 300),
           (300, 70, 17), (64, 128, 784), (9, 49, 515), (17, 97, 33), (41, 530, 21)]
@@ -109,6 +115,31 @@ def test_layouts_against_float64(lib, lay):
                 call(so, lay, a, b, c2, alpha, beta, bias, act, threads=threads)
                 assert np.array_equal(c, c2), \
                     f"{kind}: {threads} threads differ from 1: {lay} {M}x{N}x{K}"
+
+
+@pytest.mark.parametrize("lay", ["nt", "nn", "tn", "tt"])
+def test_from_starts_from_another_matrix(lib, lay):
+    """``lc_gemm_XX_from``: C = alpha op(A) op(B) + beta S, S left as it was (the fused SGD
+    update P.next = P - lr dW); with S = C it is the plain routine."""
+    kind, _, so = lib
+    rng = np.random.default_rng(2)
+    for M, N, K in [(3, 17, 5), (37, 45, 29), (64, 128, 784), (9, 530, 21)]:
+        a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
+        b = rng.standard_normal((N, K) if lay[1] == "t" else (K, N)).astype(np.float32)
+        src = rng.standard_normal((M, N)).astype(np.float32)
+        s0, c = src.copy(), np.full((M, N), np.nan, np.float32)
+        p = lambda x: x.ctypes.data_as(ctypes.c_void_p)
+        getattr(so, f"f_{lay}")(M, N, K, ctypes.c_float(-0.5), p(a), a.shape[1], p(b),
+                                b.shape[1], ctypes.c_float(1.0), p(src), p(c), N, None, 0, 2)
+        want = expected(lay, a, b, s0, -0.5, 1.0, None, 0)
+        err = np.abs(c - want).max() / np.abs(want).max()
+        assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} {lay} {M}x{N}x{K}: {err:.1e}"
+        assert np.array_equal(src, s0)
+        inplace = src.copy()
+        getattr(so, f"f_{lay}")(M, N, K, ctypes.c_float(-0.5), p(a), a.shape[1], p(b),
+                                b.shape[1], ctypes.c_float(1.0), p(inplace), p(inplace), N,
+                                None, 0, 2)
+        assert np.array_equal(inplace, c), f"{kind} {lay}: S = C differs from S != C"
 
 
 def test_big_product_is_thread_count_independent(lib):
