@@ -41,7 +41,7 @@ from .build import (
 )
 from .render import render
 
-VERSION = "2"   # bump when the measurement changes: old cached choices are then ignored
+VERSION = "3"   # bump when the measurement changes: old cached choices are then ignored
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SIZE = 512      # N = K of the timed nt products (W of 512 × 512: 1 MiB)
 DIRECT_K = 128  # K of the timed nn products (N = SIZE; B of 256 KiB: the direct path's case)
