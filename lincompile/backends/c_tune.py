@@ -140,7 +140,8 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
 def cache_path(cflags: Sequence[str], tiles: dict) -> Path:
     """Where the choice for ``cflags`` and ``tiles`` (thresholds aside) is cached."""
     base = {k: v for k, v in tiles.items() if k not in KNOBS}
-    key = cache_key({"tiles": json.dumps(base, sort_keys=True)}, list(cflags), VERSION,
+    flags = [f for f in cflags if f != "-fopenmp"]   # one thread is what is measured
+    key = cache_key({"tiles": json.dumps(base, sort_keys=True)}, flags, VERSION,
                     compiler_id(compiler()), host_cpu())
     return tune_dir() / f"{key}.json"
 
