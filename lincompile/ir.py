@@ -202,6 +202,40 @@ class Graph:
     def tanh(self, x: Value, name: str | None = None) -> Value:
         return self.apply("tanh", [x], name)
 
+    def leaky_relu(self, x: Value, alpha: float = 0.01, name: str | None = None) -> Value:
+        return self.apply("leaky_relu", [x], name, alpha=float(alpha))
+
+    def gelu(self, x: Value, approximate: str = "none", name: str | None = None) -> Value:
+        """torch.nn.GELU: the erf form, or ``approximate="tanh"``."""
+        return self.apply("gelu", [x], name, approximate=approximate)
+
+    def silu(self, x: Value, name: str | None = None) -> Value:
+        return self.apply("silu", [x], name)
+
+    def softmax(self, x: Value, name: str | None = None) -> Value:
+        """Softmax over the last axis."""
+        return self.apply("softmax", [x], name)
+
+    def log_softmax(self, x: Value, name: str | None = None) -> Value:
+        """Log-softmax over the last axis."""
+        return self.apply("log_softmax", [x], name)
+
+    def layer_norm(self, x: Value, eps: float = 1e-5, elementwise_affine: bool = True,
+                   name: str | None = None) -> Value:
+        """torch.nn.LayerNorm over the last dim, with new parameters ``name.weight`` (ones)
+        and ``name.bias`` (zeros) unless ``elementwise_affine=False``."""
+        name = name or self.fresh("layer_norm")
+        c = x.shape[-1] if x.shape else None
+        if not isinstance(c, int):
+            raise ShapeError(f"layer_norm '{name}': input '{x.name}' {fmt_shape(x.shape)} needs "
+                             "a fixed last dim")
+        ins = [x]
+        if elementwise_affine:
+            dt = np.dtype(x.dtype)
+            ins += [self.param(f"{name}.weight", np.ones(c, dt)),
+                    self.param(f"{name}.bias", np.zeros(c, dt))]
+        return self.apply("layer_norm", ins, name=name, epsilon=float(eps))
+
     def flatten(self, x: Value, axis: int = 1, name: str | None = None) -> Value:
         return self.apply("flatten", [x], name, axis=axis)
 

@@ -1,7 +1,8 @@
-"""Validation: the same random feeds through several backends, against float64 (DESIGN §6)."""
+"""Validation: the same random feeds through several backends, against float64."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -10,7 +11,7 @@ import numpy as np
 from .backends import compile
 from .backends.base import label_inputs
 from .backends.reference import ReferenceExecutable
-from .errors import LincompileError, ValidationError
+from .errors import FeedError, LincompileError, ValidationError
 from .ir import Graph
 from .ops import get_op
 
@@ -18,11 +19,38 @@ from .ops import get_op
 REL_BOUND = 1e-5
 #: Where the reference is all zeros, the bound on max |out|.
 ABS_BOUND = 1e-6
+#: The most memory random feeds plus their outputs may take (bytes, float64 for the
+#: reference included): above it, :func:`random_feeds` refuses instead of being killed.
+MAX_FEED_BYTES = 2 * 2**30
+
+
+def feed_bytes(graph: Graph, batch: int) -> int:
+    """Bytes of the graph's inputs and outputs at ``batch`` (each symbolic dim = ``batch``),
+    floats counted at 8 bytes as the float64 reference holds them."""
+    total = 0
+    for v in [*graph.inputs, *graph.outputs]:
+        n = math.prod(batch if isinstance(d, str) else d for d in v.shape)
+        total += n * 8   # float32 becomes float64 in the reference; int64 is 8 already
+    return total
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
 
 
 def random_feeds(graph: Graph, batch: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     """Random feeds of the right shapes and dtypes: valid class labels for label inputs,
-    v ≥ 0 for Adam's second moment, a small step count, a small positive learning rate."""
+    v ≥ 0 for Adam's second moment, a small step count, a small positive learning rate.
+    A FeedError when they and the outputs would take more than :data:`MAX_FEED_BYTES`."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
+        raise FeedError(f"batch must be an int ≥ 0, got {batch!r}")
+    if isinstance(seed, (int, np.integer)) and seed < 0:
+        raise FeedError(f"seed must be ≥ 0, got {seed}")
+    need = feed_bytes(graph, int(batch))
+    if need > MAX_FEED_BYTES:
+        raise FeedError(f"random feeds of batch {batch} for graph '{graph.name}' and their "
+                        f"outputs would take {_gib(need)}, above the {_gib(MAX_FEED_BYTES)} "
+                        "that validation allows; use a smaller batch")
     rng = np.random.default_rng(seed)
     labels = label_inputs(graph)
     domains = {}
@@ -90,7 +118,7 @@ class Report:
 
 
 def compare(target: str, name: str, out: np.ndarray | None, ref: np.ndarray) -> Row:
-    """One row of the report: DESIGN §6's bound, NaN/Inf and missing outputs fail."""
+    """One row of the report: the bound (REL_BOUND, ABS_BOUND), NaN/Inf and missing outputs fail."""
     if out is None:
         return Row(target, name, np.inf, np.inf, False, "output not written")
     out = np.asarray(out)

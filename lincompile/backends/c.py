@@ -27,11 +27,21 @@ import numpy as np
 
 from .. import __version__
 from ..errors import CompileError, FeedError
+from ..files import refuse_foreign, write_texts
 from ..ir import Graph, Value
 from . import base
 from .base import Executable, check_feeds, check_values
 from .build import build, bytecode_dir, cc_line, load_library
-from .c_kernels import Context, CStep, emit, gemm_dims, gemm_routine, lower
+from .c_kernels import (
+    BatchLimit,
+    Context,
+    CStep,
+    emit,
+    gemm_dims,
+    gemm_limits,
+    gemm_routine,
+    lower,
+)
 from .c_tiles import TILES, gemm_tiles
 from .plan import Plan, Size, make_plan
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
@@ -299,9 +309,11 @@ class _Source:
 
 def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str = "model",
                     cflags: Sequence[str] | None = None, threads: int = 1,
-                    init: bool = True) -> list[Path]:
+                    init: bool = True, force: bool = False) -> list[Path]:
     """Write ``model.c``, ``model.h`` and a ``Makefile`` for ``graphs`` (entry name ->
     graph, e.g. ``{"forward": model, "train_step": training_graph(model, ...)}``).
+    Files of those names already in ``outdir`` are replaced only if lincompile wrote them
+    (or with ``force``).
 
     When a training graph is among them, the other graphs read its trainable parameters
     as inputs (same names, after their own inputs) instead of baking them in, so a C
@@ -316,7 +328,7 @@ def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str
     files["Makefile"] = render("c/Makefile.j2", None, version=__version__, file="model.c",
                                header="model.h", lib="libmodel.so", obj="model.o",
                                cflags=" ".join(cflags))
-    return write_files(files, outdir)
+    return write_files(files, outdir, force)
 
 
 def share_trained(graphs: Mapping[str, Graph]) -> dict[str, Graph]:
@@ -330,13 +342,27 @@ def share_trained(graphs: Mapping[str, Graph]) -> dict[str, Graph]:
             for name, g in graphs.items()}
 
 
-def write_files(files: Mapping[str, str], outdir: str | Path) -> list[Path]:
-    """Write each ``name -> text`` into ``outdir`` (made if needed); the paths written."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out / name).write_text(text)
-    return [out / name for name in files]
+def write_files(files: Mapping[str, str], outdir: str | Path, force: bool = False
+                ) -> list[Path]:
+    """Write each ``name -> text`` into ``outdir`` (made if needed); the paths written.
+
+    A file already there is replaced only if lincompile generated it (its header line says
+    so), or with ``force``; each file is written under a temporary name and renamed into
+    place, so an interrupted run never leaves a half-written one.
+    """
+    refuse_foreign((Path(outdir) / name for name in files
+                    if not _holds(Path(outdir) / name, files[name])), force)
+    return write_texts(dict(files), outdir)
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether ``path`` already holds exactly ``text`` (replacing it loses nothing)."""
+    try:
+        return isinstance(text, str) and path.is_file() \
+            and path.stat().st_size == len(text.encode()) \
+            and path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def params_as_inputs(graph: Graph, names: Sequence[str]) -> Graph:
@@ -410,6 +436,7 @@ class CExecutable(Executable):
         self._what = f"graph '{graph.name}' on target {self.target}"
         self._ws = Workspaces(self.workspace_size, 64, self._what)
         self._sym = batch_symbol(graph)
+        self._limit = BatchLimit(gemm_limits(entry.steps), self.target)
         self._local = threading.local()   # .call: this thread's _Call (its last batch size)
 
     def source(self) -> str:
@@ -430,7 +457,7 @@ class CExecutable(Executable):
         for v in self.graph.inputs:
             for d, n in zip(v.shape, np.shape(feeds[v.name])):
                 if isinstance(d, str):
-                    return int(n)
+                    return self._limit.check(int(n))
         return 0
 
     def run(self, feeds: Mapping[str, Any], poison: bool | None = None
@@ -494,8 +521,10 @@ class _Call:
                 self._remember(buf)
                 self.scalars.append((i, buf, (int,) if v.dtype == "int64" else (float, int),
                                      buf.dtype))
-        self.labels = [(i, v.name, exe._labels[v.name]) for i, v in enumerate(g.inputs)
-                       if v.name in exe._labels]
+        rules = exe._labels
+        self.labels = [(i, v.name, rules.labels[v.name]) for i, v in enumerate(g.inputs)
+                       if v.name in rules.labels]
+        self.counts = [(i, v.name) for i, v in enumerate(g.inputs) if v.name in rules.counts]
         self.guards = _label_guards(g, [name for _, name, _ in self.labels])
         self.outputs = [([], tuple(n if isinstance(d, str) else d for d in v.shape),
                          np.dtype(v.dtype)) for v in g.outputs]
@@ -527,6 +556,8 @@ class _Call:
                 return None
         except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
             return None   # the checked path says what is wrong, if anything
+        for i, name in self.counts:   # Adam's step: a scalar, cheap to look at each time
+            check_values(name, arrays[i], self.exe._labels)
         if self.guards is None:
             self._check_labels(arrays)
         addr, ins = self.addr, []

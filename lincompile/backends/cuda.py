@@ -20,6 +20,7 @@ CompileError: the CUDA kernels are float32 (use the C backend for float64).
 from __future__ import annotations
 
 import ctypes
+import re
 import shlex
 import threading
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ from .c import (
     share_trained,
     write_files,
 )
-from .c_kernels import CStep
+from .c_kernels import BatchLimit, CStep
 from .cuda_build import (
     CudaError,
     build,
@@ -56,7 +57,7 @@ from .cuda_build import (
     nvcc,
     require_device,
 )
-from .cuda_kernels import CudaContext, emit_cuda, lower_cuda
+from .cuda_kernels import CudaContext, cuda_limits, emit_cuda, lower_cuda
 from .render import CTYPES, c_comment, render, templates_dir, wrap_args
 
 __all__ = ["CudaError", "compile", "compile_cpu", "gpu_available", "write_cuda_sources"]
@@ -186,19 +187,35 @@ class _CudaSource(_Source):
         return {"model.cu": cu, "model.h": h}
 
 
+#: What ``nvcc -arch`` takes from lincompile: a real or virtual architecture, nothing else
+#: (the value reaches a Makefile and a command line).
+ARCH = re.compile(r"(sm|compute)_[0-9]{2,3}[af]?")
+
+
+def check_arch(arch: object) -> str:
+    """``arch`` if it names a GPU architecture (``sm_90``, ``sm_90a``, ``compute_80``), else
+    a CompileError."""
+    if not (isinstance(arch, str) and ARCH.fullmatch(arch)):
+        raise CompileError(f"arch must look like 'sm_90' or 'compute_90' (sm_ or compute_, "
+                           f"then 2 or 3 digits), got {arch!r}")
+    return arch
+
+
 def write_cuda_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str = "model",
-                       arch: str | None = None, init: bool = True) -> list[Path]:
+                       arch: str | None = None, init: bool = True, force: bool = False
+                       ) -> list[Path]:
     """Write ``model.cu``, ``model.h``, a ``Makefile`` and ``cuda_cpu.h`` (for ``make cpu``)
     for ``graphs`` (entry name -> graph), like :func:`lincompile.backends.c.write_c_sources`:
-    a training graph's trainable parameters become inputs of the other graphs."""
-    arch = arch or "sm_90"
+    a training graph's trainable parameters become inputs of the other graphs, and files
+    lincompile did not write are replaced only with ``force``."""
+    arch = check_arch(arch or "sm_90")
     files = _CudaSource(share_trained(graphs), prefix, arch, GPU_TILES, init).files()
     files["Makefile"] = render(
         "cuda/Makefile.j2", None, version=__version__, file="model.cu", header="model.h",
         lib="libmodel.so", cpu_lib="libmodel_cpu.so", arch=arch,
         nvccflags=" ".join(NVCC_FLAGS), emuflags=" ".join(EMU_FLAGS[:2]))
     files["cuda_cpu.h"] = emulator_header()
-    return write_files(files, outdir)
+    return write_files(files, outdir, force)
 
 
 def emulator_header() -> str:
@@ -225,6 +242,7 @@ class _CudaExecutable(Executable):
         self._ws_size = self.lib[f"{prefix}_workspace_size"]
         self._ws_size.restype, self._ws_size.argtypes = ctypes.c_size_t, [ctypes.c_long]
         self._what = f"graph '{graph.name}' on target {self.target}"
+        self._limit = BatchLimit(cuda_limits(entry.steps), self.target)
 
     def workspace_size(self, n: int) -> int:
         """Bytes of workspace the entry point needs at batch ``n`` (a FeedError when that
@@ -240,7 +258,7 @@ class _CudaExecutable(Executable):
         for v in self.graph.inputs:
             for d, n in zip(v.shape, feeds[v.name].shape):
                 if isinstance(d, str):
-                    return int(n)
+                    return self._limit.check(int(n))
         return 0
 
     def shape(self, v: Value, n: int) -> tuple[int, ...]:
@@ -491,9 +509,7 @@ def compile(graph: Graph, arch: str | None = None, prefix: str = "model") -> Cud
     """Generate the CUDA code of ``graph``, build it with nvcc for ``arch`` (default: the
     device's, else ``sm_90``) and load it. Without a GPU this still compiles; ``run`` then
     raises a CudaError saying no CUDA device was found."""
-    arch = arch or device_arch()
-    if not (isinstance(arch, str) and arch.startswith(("sm_", "compute_"))):
-        raise CompileError(f"arch must look like 'sm_90', got {arch!r}")
+    arch = check_arch(arch or device_arch())
     src = _CudaSource({entry_name(graph): graph}, prefix, arch, GPU_TILES)
     tool = nvcc()
     lib = build({"lc_kernels.cu": src.library() + "\n"},
