@@ -31,7 +31,7 @@ def check(exe: lc.Executable, graph: lc.Graph, batch: int, seed: int = 0, **fixe
     """Run random feeds through ``exe``; every output within DESIGN §6's bound of float64."""
     feeds = {**lc.random_feeds(graph, batch, seed), **fixed}
     ref = ReferenceExecutable(graph, "float64").run(feeds)
-    got = exe.run(feeds)
+    got = exe.run(feeds, poison=True)   # an output the code forgot stays NaN
     rows = [compare("c", k, got.get(k), r) for k, r in ref.items()]
     bad = [r for r in rows if not r.ok]
     assert not bad, f"{graph.name} at batch {batch}: {bad}"
@@ -133,6 +133,113 @@ def test_bound_in_place_training_equals_run():
     for k in state:   # the bound inputs were updated in place
         assert np.array_equal(bound.inputs[k], state[k]), k
     assert bound.outputs["fc1.weight.next"] is bound.inputs["fc1.weight"]
+
+
+# --------------------------------------------------------------------------- run()
+def mlp_step(batch: int = 17, seed: int = 0):
+    t = lc.training_graph(mlp((12, 16, 5), seed=seed), optimizer=lc.SGD(0.1))
+    feeds = {**lc.random_feeds(t, batch, seed=seed), **t.initial_state,
+             "lr": np.float32(0.1)}
+    return t, lc.compile(t, "c", threads=1), feeds
+
+
+def test_run_returns_arrays_of_its_own_every_call():
+    _, exe, feeds = mlp_step()
+    first = exe.run(feeds)
+    kept = {k: v.copy() for k, v in first.items()}
+    view = exe.run(feeds)["fc1.weight.next"][:2]   # the dict goes, a view of one stays
+    view_copy = view.copy()
+    for _ in range(4):
+        again = exe.run(feeds)
+        for k, v in again.items():
+            assert not np.shares_memory(v, view), k
+            for w in first.values():
+                assert not np.shares_memory(v, w), k
+    for k, v in first.items():   # nothing handed out earlier was written again
+        assert np.array_equal(v, kept[k]), k
+    assert np.array_equal(view, view_copy)
+    assert all(np.array_equal(again[k], kept[k]) for k in kept)   # same feeds, same result
+
+
+def test_run_hands_out_a_buffer_again_only_once_dropped():
+    _, exe, feeds = mlp_step()
+    addresses = lambda out: {v.ctypes.data for v in out.values() if v.size}
+    seen = addresses(exe.run(feeds))   # dropped at once: its buffers may come back
+    out = exe.run(feeds)
+    assert addresses(out) & seen, "dropped output buffers are used again"
+    held = addresses(out)
+    assert not addresses(exe.run(feeds)) & held, "a held output was handed out again"
+
+
+def test_run_equals_bind_and_poison_changes_nothing():
+    _, exe, feeds = mlp_step(batch=33, seed=2)
+    want = exe.bind(feeds, inplace=False)
+    want()
+    bound = exe.bind(feeds)   # in place: one step from the same state
+    bound()
+    for got in (exe.run(feeds), exe.run(feeds, poison=True), exe.run(feeds)):
+        for k, v in got.items():
+            assert np.array_equal(v, want.outputs[k]), k
+            assert np.array_equal(v, bound.outputs[k]), k
+
+
+def test_run_keeps_every_check_after_a_fast_call():
+    _, exe, feeds = mlp_step()
+    want = exe.run(feeds)
+    same = lambda out: all(np.array_equal(out[k], want[k]) for k in want)
+    for lr in (0.1, np.float32(0.1), np.array(0.1, np.float32)):   # each way of a scalar
+        assert same(exe.run({**feeds, "lr": lr}))
+    assert same(exe.run({**feeds, "x": np.asfortranarray(feeds["x"])}))   # copied, then fast
+    bad = {"x": feeds["x"].astype(np.float64), "target": feeds["target"][:5],
+           "lr": np.array(0.1)}
+    for name, value in bad.items():
+        with pytest.raises(lc.FeedError, match=name):
+            exe.run({**feeds, name: value})
+    with pytest.raises(lc.FeedError, match="missing"):
+        exe.run({k: v for k, v in feeds.items() if k != "lr"})
+    with pytest.raises(lc.FeedError, match="unknown"):
+        exe.run({**feeds, "lr2": np.float32(1)})
+    for label in (5, -1):
+        target = feeds["target"].copy()
+        target[3] = label
+        with pytest.raises(lc.FeedError, match="labels outside"):
+            exe.run({**feeds, "target": target})
+    assert same(exe.run(feeds))
+
+
+def test_run_checks_labels_of_a_loss_it_does_not_output():
+    g = lc.Graph("scaled", seed=0)
+    z, y = g.input("z", ["N", 3]), g.input("y", ["N"], "int64")
+    g.output(g.mul(g.softmax_cross_entropy(z, y), g.const(np.float32(2))), name="twice")
+    exe = lc.compile(g, "c", threads=1)
+    feeds = lc.random_feeds(g, 4)
+    want = exe.run(feeds)["twice"]
+    assert np.array_equal(exe.run(feeds)["twice"], want)
+    with pytest.raises(lc.FeedError, match="labels outside"):
+        exe.run({**feeds, "y": np.array([0, 1, 3, 0])})
+
+
+def test_run_switches_batch_sizes():
+    t, exe, _ = mlp_step()
+    feeds = {n: {**lc.random_feeds(t, n, seed=n), **t.initial_state} for n in (3, 64, 3, 1)}
+    for n, f in feeds.items():
+        ref = ReferenceExecutable(t, "float64").run(f)
+        got = exe.run(f)
+        assert got["fc1.weight.next"].shape == (16, 12)
+        assert all(compare("c", k, got[k], r).ok for k, r in ref.items()), n
+
+
+def test_default_threads_follow_the_affinity():
+    from lincompile.backends.c import default_threads
+
+    want = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_threads() == want
+    t = lc.training_graph(mlp((200, 160, 10), seed=5), optimizer=lc.SGD(0.1))
+    feeds = lc.random_feeds(t, 130, seed=1)
+    default, one = lc.compile(t, "c"), lc.compile(t, "c", threads=1)
+    assert f"#define LC_THREADS {want} " in default.source()
+    a, b = default.run(feeds), one.run(feeds)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 # --------------------------------------------------------------------------- safety

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,11 @@ from ..errors import FeedError
 from ..ir import Graph
 from ..ops import get_op
 from ..ops.base import fmt_shape
+
+#: fill outputs with NaN (int64: its minimum) before each ``run``, so an output the
+#: generated code never writes shows up: what ``validate`` and the tests do. Set from
+#: ``LINCOMPILE_POISON=1``; ``run(feeds, poison=True)`` asks for it per call.
+POISON = os.environ.get("LINCOMPILE_POISON", "") not in ("", "0")
 
 
 class Executable:
@@ -28,12 +34,16 @@ class Executable:
         #: what check_feeds enforces beyond names, dtypes and shapes (computed once)
         self._labels = feed_rules(graph)
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """The graph's outputs for ``feeds`` (input name -> array), checked first.
+    def run(self, feeds: Mapping[str, Any], poison: bool | None = None
+            ) -> dict[str, np.ndarray]:
+        """The graph's outputs for ``feeds`` (input name -> array), checked first; every
+        call returns arrays of its own.
 
         Safe to call from several threads at once, on every target: calls never share
         scratch memory (each thread has its own workspace) and give the same results as
-        the same calls made one after another."""
+        the same calls made one after another. ``poison`` (default :data:`POISON`): fill
+        the outputs with NaN before computing them, so one the code forgets stays NaN
+        (for validation; the targets that allocate outputs fresh ignore it)."""
         return self._run(check_feeds(self.graph, feeds, self._labels, self.wide_floats))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -139,11 +149,18 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any],
                     raise FeedError(f"feed '{name}' has {d}=0: a training step needs at least "
                                     "one example (the mean loss of an empty batch is "
                                     "undefined); skip empty batches")
-        if name in rules.labels and a.size and (a.min() < 0 or a.max() >= rules.labels[name]):
-            raise FeedError(f"feed '{name}' holds class labels outside "
-                            f"[0, {rules.labels[name]})")
-        if name in rules.counts and a.size and a.min() < 0:
-            raise FeedError(f"feed '{name}' is a count (updates already made) and must be "
-                            f"≥ 0, got {a.min()}")
+        check_values(name, a, rules)
         out[name] = np.asarray(a, order="C")
     return out
+
+
+def check_values(name: str, a: np.ndarray, rules: FeedRules) -> None:
+    """What :func:`check_feeds` requires of a feed's values (not only of its dtype and
+    shape): class labels in range, counts ≥ 0. Executables that skip the other checks for
+    a feed signature they have already accepted still run this on every call."""
+    if name in rules.labels and a.size and (a.min() < 0 or a.max() >= rules.labels[name]):
+        raise FeedError(f"feed '{name}' holds class labels outside "
+                        f"[0, {rules.labels[name]})")
+    if name in rules.counts and a.size and a.min() < 0:
+        raise FeedError(f"feed '{name}' is a count (updates already made) and must be "
+                        f"≥ 0, got {a.min()}")

@@ -11,8 +11,9 @@ Decisions made here:
 - a ``[*, C]`` operand of a product is the matrix of its rows (leading dims flattened);
 - ``flatten``/``reshape``/``identity`` are views (no code) unless they make a graph output;
 - a weight gradient ``dW = dYᵀ·X`` read only by a plain SGD update (no momentum, no decay)
-  is accumulated straight into ``P.next`` by the GEMM (``beta = 1, alpha = −lr``), at the
-  update's place in the schedule, so ``dW`` never goes to memory;
+  is accumulated straight into ``P.next`` by the GEMM (``beta = 1, alpha = −lr``, starting
+  from ``P`` where ``P.next`` is another buffer), at the update's place in the schedule, so
+  ``dW`` never goes to memory;
 - outputs at most 16 columns wide (classifier heads) use a dot-product kernel instead of
   the 64-wide register tile;
 - broadcasting loops are merged to the fewest dims with unit or zero strides, so the inner
@@ -268,7 +269,7 @@ def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
         pn, param, lr = step.outputs[0], step.node.inputs[0], step.node.inputs[-1]
         size = Size.of_shape(pn.shape) * Size(ct.itemsize)
         d.update(alpha=f"-{p(lr)}[0]", beta=c_literal(1, ct), c=p(pn), p=p(param),
-                 bytes=size.c())
+                 bytes=size.c(), from_=gemm.startswith("lc_gemm"))
     return d
 
 

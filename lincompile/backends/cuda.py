@@ -323,8 +323,8 @@ class CudaExecutable(_CudaExecutable):
             bufs = self._local.bufs = _DeviceBuffers()
         return bufs.get(name, nbytes)
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        require_device(self.entry_name)
+    def run(self, feeds: Mapping[str, Any], poison: bool | None = None) -> dict[str, Any]:
+        require_device(self.entry_name)   # (numpy outputs are always poisoned here)
         if not any(hasattr(a, "__cuda_array_interface__") for a in feeds.values()):
             return super().run(feeds)
         n, ptrs, outs, lib = self._device_args(feeds, inplace=False)
