@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FeedError
+from ..errors import FeedError, ShapeError
 from ..ir import Graph
 from ..ops import get_op
 from ..ops.base import fmt_shape
@@ -56,7 +56,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], labels: dict[str, int] |
     if not isinstance(feeds, Mapping):
         raise FeedError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
     want = {v.name: v for v in graph.inputs}
-    unknown = sorted(set(feeds) - set(want))
+    unknown = sorted(set(feeds) - set(want), key=repr)   # keys need not be str
     if unknown:
         raise FeedError(f"unknown feed(s) {unknown} for graph '{graph.name}'; its inputs are "
                         f"{list(want)}")
@@ -90,4 +90,9 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], labels: dict[str, int] |
         if labels and name in labels and a.size and (a.min() < 0 or a.max() >= labels[name]):
             raise FeedError(f"feed '{name}' holds class labels outside [0, {labels[name]})")
         out[name] = np.asarray(a, order="C")
+    if dims:   # the ops may tie a symbolic dim to a fixed one or to another
+        try:
+            graph.check_dims({d: n for d, (n, _) in dims.items()})
+        except ShapeError as e:
+            raise FeedError(f"feeds do not fit graph '{graph.name}': {e}") from None
     return out

@@ -13,6 +13,7 @@ import onnx
 from onnx import helper
 
 from ..backends.onnx_builder import DOMAIN
+from ..errors import ShapeError
 from ..ir import Value
 from ..ops import OPS
 from .onnx_import import Const, Importer
@@ -47,6 +48,8 @@ def _weight(imp: Importer, b: str, stored_in_out: bool):
     without transB); only a constant used by this node alone is transposed back.
     """
     c = imp.const(b)
+    if _rank(imp, b) != 2:   # not a weight: the matmul it becomes names the bad rank
+        return None
     if not stored_in_out:
         return imp.linear_param(b) if imp.is_input(b) else None
     if c is None or c.data.ndim != 2 or not imp.fresh_use(b) or imp.native:
@@ -122,7 +125,11 @@ def transpose(imp: Importer, node: onnx.NodeProto) -> Result:
     c = imp.const(node.input[0])
     if c is None:
         raise imp.unsupported("only a Transpose of a constant (a weight) is imported")
-    data = np.transpose(c.data, _attrs(node).get("perm"))
+    perm = _attrs(node).get("perm")
+    if perm is not None and sorted(perm) != list(range(c.data.ndim)):
+        raise ShapeError(f"Transpose node '{node.name or node.output[0]}': perm {list(perm)} "
+                         f"is not an order of the {c.data.ndim} axes of '{node.input[0]}'")
+    data = np.transpose(c.data, perm)
     imp.consts[node.output[0]] = Const(node.output[0], data,
                                        origin=node.input[0] if data.ndim == 2 else None)
     return None
