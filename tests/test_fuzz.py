@@ -774,3 +774,10 @@ def test_feeds_with_keys_that_are_not_names_are_a_feed_error():
     exe = lc.compile(mlp((3, 2)), "reference")
     with pytest.raises(lc.FeedError, match=r"unknown feed\(s\) \[1, None\]"):
         exe.run({"x": np.zeros((1, 3), np.float32), None: 1, 1: 2})
+
+
+def test_cross_entropy_reduction_that_is_not_text_is_unsupported():
+    m = onnx.load_from_string(SEEDS["loss"])
+    m.graph.node[1].attribute[0].s = b"\xff"
+    with pytest.raises(lc.UnsupportedOpError, match="reduction '\ufffd'"):
+        lc.load_onnx(m)

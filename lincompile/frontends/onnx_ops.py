@@ -185,7 +185,7 @@ def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
 def softmax_cross_entropy(imp: Importer, node: onnx.NodeProto) -> Result:
     """torch.nn.CrossEntropyLoss's case only: 2-D logits, int64 labels, mean, no extras."""
     at = _attrs(node)
-    reduction = at.get("reduction", b"mean").decode()
+    reduction = at.get("reduction", b"mean").decode(errors="replace")
     why = (f"reduction '{reduction}' (only 'mean')" if reduction != "mean" else
            "ignore_index" if "ignore_index" in at else
            "class weights" if node.input[2:] and node.input[2] else
