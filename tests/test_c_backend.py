@@ -4,6 +4,7 @@ live in test_ops.py, test_training.py and test_torch_parity.py.)"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from c_helpers import build_driver, run_driver
+from c_helpers import build_driver, run_driver, train_with_library
 from helpers import mlp
 
 import lincompile as lc
@@ -203,6 +204,18 @@ def test_generated_c_is_warning_free_and_documented(tmp_path):
     assert "/* node 'fc1.weight.grad' (matmul) -> 'fc1.weight.grad' */" in c
     # forward reads the trained weights (inputs), the training step starts from the model's
     assert "in1   fc1.weight" in h.split("net_train_step")[0]
+    # and what was built runs: 3 Adam steps from net_train_step_init's state, 2 threads
+    subprocess.run(["cc", "-std=c99", "-O2", "-fopenmp", "-fPIC", "-shared", "model.c", "-o",
+                    "libnet.so", "-lm"], cwd=tmp_path, check=True, capture_output=True)
+    lib = ctypes.CDLL(str(tmp_path / "libnet.so"))
+    rng = np.random.default_rng(2)
+    batches = [{"x": rng.standard_normal((b, 6)).astype(np.float32),
+                "target": rng.standard_normal((b, 3)).astype(np.float32),
+                "lr": np.float32(0.01)} for b in (5, 70, 1)]
+    t = graphs["train_step"]
+    for i, (got, ref) in enumerate(train_with_library(lib, "train_step", t, batches, "net")):
+        bad = [r for r in (compare("c", k, got[k], v) for k, v in ref.items()) if not r.ok]
+        assert not bad, f"net_train_step, step {i}: {bad}"
 
 
 # --------------------------------------------------------------------------- sanitizers
