@@ -494,7 +494,8 @@ def odd_feeds(draw) -> tuple[str, dict]:
     if "step" in feeds:
         feeds["step"] = np.array(draw(st.sampled_from([0, 1, 7, 10**6])), np.int64)
     for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2, 3]))):
-        arrays = [k for k, a in feeds.items() if isinstance(a, np.ndarray) and a.dtype != object]
+        arrays = [k for k, a in feeds.items()
+                  if isinstance(k, str) and isinstance(a, np.ndarray) and a.dtype != object]
         key = draw(st.sampled_from(arrays)) if arrays else None   # odd ones stay as they are
         how = draw(st.sampled_from(FEED_MUTATIONS))
         how(draw, feeds, key, g)
@@ -780,4 +781,13 @@ def test_cross_entropy_reduction_that_is_not_text_is_unsupported():
     m = onnx.load_from_string(SEEDS["loss"])
     m.graph.node[1].attribute[0].s = b"\xff"
     with pytest.raises(lc.UnsupportedOpError, match="reduction '\ufffd'"):
+        lc.load_onnx(m)
+
+
+@pytest.mark.parametrize("which", ["shape", "axes"])
+def test_reshape_shape_and_reducesum_axes_must_be_integers(which):
+    m = onnx.load_from_string(SEEDS["matmul"])
+    t = next(t for t in m.graph.initializer if t.name == which)
+    t.CopyFrom(numpy_helper.from_array(np.array([np.nan] * len(t.dims), np.float32), which))
+    with pytest.raises(lc.ShapeError, match=f"'{which}' holds float32, expected int64"):
         lc.load_onnx(m)

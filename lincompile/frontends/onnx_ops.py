@@ -157,11 +157,20 @@ def flatten(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("flatten", [x], axis=axis + len(x.shape) if axis < 0 else axis)
 
 
-def reshape(imp: Importer, node: onnx.NodeProto) -> Result:
-    c = imp.const(node.input[1])
+def _ints(imp: Importer, name: str, what: str) -> list[int]:
+    """The constant ``name`` (a Reshape's shape, a ReduceSum's axes) as Python ints."""
+    c = imp.const(name)
     if c is None:
-        raise imp.unsupported("the target shape must be a constant (initializer or Constant)")
-    shape = [int(d) for d in c.data.reshape(-1)]
+        raise imp.unsupported(f"{what} must be a constant (initializer or Constant)")
+    if c.data.dtype.kind not in "iu":
+        node = imp.node.name or imp.node.op_type
+        raise ShapeError(f"ONNX node '{node}' ({imp.node.op_type}): {what} '{name}' holds "
+                         f"{c.data.dtype}, expected int64")
+    return [int(d) for d in c.data.reshape(-1)]
+
+
+def reshape(imp: Importer, node: onnx.NodeProto) -> Result:
+    shape = _ints(imp, node.input[1], "the target shape")
     if _attrs(node).get("allowzero", 0) and 0 in shape:
         raise imp.unsupported("allowzero=1 with a 0 in the target shape")
     return imp.emit("reshape", [imp.value(node.input[0])], shape=shape)
@@ -171,10 +180,7 @@ def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
     at = _attrs(node)
     axes = at.get("axes")  # an attribute before opset 13, an input since
     if len(node.input) > 1 and node.input[1]:
-        c = imp.const(node.input[1])
-        if c is None:
-            raise imp.unsupported("the axes must be a constant")
-        axes = [int(a) for a in c.data.reshape(-1)]
+        axes = _ints(imp, node.input[1], "the axes")
     x = imp.value(node.input[0])
     if not axes and at.get("noop_with_empty_axes", 0):
         return imp.emit("identity", [x])
