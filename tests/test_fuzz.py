@@ -4,11 +4,12 @@ Property: lincompile either raises a :class:`lincompile.LincompileError` subclas
 the right answer (onnxruntime's, for an imported model it also runs; the float64 reference,
 for feeds), never another exception, a crash or a hang (each example has a time bound).
 
-Profiles: by default a fixed-seed, derandomized run with few examples (well under a minute,
-as in CI). A longer random search, by hand::
+Profiles: by default a fixed-seed, derandomized run of a few hundred examples per test (the
+whole file in well under a minute, as in CI). A longer random search, by hand (a new seed
+each run; 20 times the examples, or as many as given)::
 
     LINCOMPILE_FUZZ=long python -m pytest tests/test_fuzz.py -q
-    LINCOMPILE_FUZZ=5000 python -m pytest tests/test_fuzz.py -q   # examples per test
+    LINCOMPILE_FUZZ=50000 python -m pytest tests/test_fuzz.py -q -k mutated
 
 A failure prints the shrunk example; add it to the regression tests at the end of this file.
 """
@@ -19,6 +20,7 @@ import contextlib
 import copy
 import os
 import signal
+import threading
 import warnings
 
 import numpy as np
@@ -37,11 +39,14 @@ from lincompile.backends.reference import ReferenceExecutable
 
 # ------------------------------------------------------------------ profiles
 _MODE = os.environ.get("LINCOMPILE_FUZZ", "ci")
-_EXAMPLES = {"ci": 60, "long": 2000}.get(_MODE) or int(_MODE)
-FUZZ = settings(max_examples=_EXAMPLES, derandomize=_MODE == "ci", deadline=None,
-                database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
+
+
+def fuzz(ci_examples: int):
+    """The settings of one fuzz test: ``ci_examples`` derandomized examples by default,
+    a random search of 20 times as many (or ``LINCOMPILE_FUZZ`` examples) by hand."""
+    n = {"ci": ci_examples, "long": 20 * ci_examples}.get(_MODE) or int(_MODE)
+    return settings(max_examples=n, derandomize=_MODE == "ci", deadline=None, database=None,
+                    print_blob=True, suppress_health_check=list(HealthCheck))
 #: seconds one example may take (an import and a run, or a few runs of small graphs)
 TIME_BOUND = 10.0
 #: run at most this many feed elements through an imported model (huge dims are refused
@@ -56,10 +61,13 @@ class Hang(Exception):
 
 @contextlib.contextmanager
 def time_bound(seconds: float = TIME_BOUND):
-    """Fail (not hang) an example that runs longer than ``seconds``."""
+    """Fail (not hang) an example that runs longer than ``seconds`` (main thread only)."""
     def fire(*_):
         raise Hang(f"example took more than {seconds} s")
 
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     old = signal.signal(signal.SIGALRM, fire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -415,8 +423,8 @@ def check_import(data: bytes) -> None:
     except lc.LincompileError:
         return
     want = _ort_outputs(data, feeds)
-    if want is None:
-        return
+    if want is None or any(a.size == 0 for a in feeds.values()):
+        return   # (the mean of nothing: NaN in torch and lincompile, 0 in onnxruntime)
     for k, w in want.items():
         assert k in got, (k, list(got))
         assert_close(got[k], np.asarray(w), k)
@@ -442,7 +450,7 @@ def test_seed_models_import_and_match_onnxruntime():
         check_import(data)
 
 
-@FUZZ
+@fuzz(1000)
 @given(data=mutated_model())
 def test_importer_on_mutated_models(data):
     with time_bound(), warnings.catch_warnings():
@@ -453,20 +461,17 @@ def test_importer_on_mutated_models(data):
 # ------------------------------------------------------------------ run() feeds
 def _feed_graphs() -> dict[str, lc.Graph]:
     m = mlp((5, 4, 3), seed=3)
+    f64 = lc.Graph("f64", seed=4)
+    f64.output(f64.tanh(f64.linear(f64.input("x", ["N", 5], "float64"), 3, name="fc")))
     return {
         "forward": m,
         "adam-ce": lc.training_graph(m, optimizer=lc.Adam(0.01), emit_grads=True),
         "sgd-mse": lc.training_graph(m, loss="mse", optimizer=lc.SGD(0.1, momentum=0.9)),
-        "forward-f64": mlp((5, 3), seed=4).clone(),
+        "forward-f64": f64,
     }
 
 
 FEED_GRAPHS = _feed_graphs()
-_f64 = FEED_GRAPHS["forward-f64"]
-for _v in (*_f64.inputs, *_f64.values.values()):
-    _v.dtype = "float64"
-for _p in _f64.params.values():
-    _p.data = _p.data.astype(np.float64)
 _EXES: dict[tuple[str, str], lc.Executable | None] = {}
 
 
@@ -514,9 +519,10 @@ def f_shape(draw, feeds, key, g):
     how = draw(st.sampled_from(["add", "drop", "resize", "transpose", "scalar", "vector"]))
     if how == "add":
         feeds[key] = a[..., None] if draw(st.booleans()) else a[None]
-    elif how == "drop" and a.ndim:
-        feeds[key] = a.reshape(-1)[: max(a.size // max(a.shape[-1], 1), 1)] if a.ndim > 1 \
-            else a.reshape(-1)[0]
+    elif how == "drop" and a.ndim > 1:   # the last two dims merged
+        feeds[key] = a.reshape(*a.shape[:-2], a.shape[-2] * a.shape[-1])
+    elif how == "drop" and a.size:
+        feeds[key] = a[0]
     elif how == "resize" and a.ndim:
         ax = draw(st.integers(0, a.ndim - 1))
         n = draw(st.sampled_from([1, 2, 6, 7]))
@@ -650,8 +656,9 @@ def same_result(got: np.ndarray, want: np.ndarray, what: str, rel: float) -> Non
 
 def check_feeds_everywhere(name: str, feeds: dict) -> None:
     """Every CPU target refuses the feeds with a one-line LincompileError, or every target
-    gives exactly what it gives for the same values as plain C-contiguous arrays of the
-    input's dtype, and that is the float64 reference's result; no target changes a feed."""
+    gives what it gives for the same values as plain C-contiguous arrays of the input's
+    dtype (to rounding), and that is the float64 reference's result; no target changes a
+    feed."""
     g = FEED_GRAPHS[name]
     before = {k: np.array(v, copy=True) for k, v in feeds.items()
               if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"}
@@ -678,13 +685,14 @@ def check_feeds_everywhere(name: str, feeds: dict) -> None:
         plain = executable(name, t).run(canon)
         assert set(got) == set(want) == set(plain), t
         for k in want:
-            assert np.array_equal(got[k], plain[k], equal_nan=True), \
-                f"{t}: {k} depends on the feeds' layout or type"
+            # within ULPs, not bitwise: numpy's and cc's vector loops round by alignment
+            same_result(got[k], plain[k], f"{t}: {k} depends on the feeds' layout or type",
+                        rel=1e-6)
             # a loose bound: feeds like 1e3 or a zero second moment amplify float32 rounding
             same_result(got[k], want[k], f"{t}: {k}", rel=1e-3)
 
 
-@FUZZ
+@fuzz(400)
 @given(case=odd_feeds())
 def test_run_on_odd_feeds(case):
     for t in CPU_TARGETS:   # builds (on a cold cache) are not part of the time bound
@@ -791,3 +799,10 @@ def test_reshape_shape_and_reducesum_axes_must_be_integers(which):
     t.CopyFrom(numpy_helper.from_array(np.array([np.nan] * len(t.dims), np.float32), which))
     with pytest.raises(lc.ShapeError, match=f"'{which}' holds float32, expected int64"):
         lc.load_onnx(m)
+
+
+def test_the_time_bound_fires():
+    import time
+
+    with pytest.raises(Hang), time_bound(0.05):
+        time.sleep(2)
