@@ -521,7 +521,7 @@ def f_shape(draw, feeds, key, g):
         feeds[key] = a[..., None] if draw(st.booleans()) else a[None]
     elif how == "drop" and a.ndim > 1:   # the last two dims merged
         feeds[key] = a.reshape(*a.shape[:-2], a.shape[-2] * a.shape[-1])
-    elif how == "drop" and a.size:
+    elif how == "drop" and a.ndim == 1 and a.size:
         feeds[key] = a[0]
     elif how == "resize" and a.ndim:
         ax = draw(st.integers(0, a.ndim - 1))
