@@ -142,6 +142,12 @@ def validate(graph: Graph, targets: Sequence[str] = ("reference", "onnx"), batch
     """Run random (or given) feeds through each target and compare every output with the
     float64 reference.
 
+    This checks each backend's code against the reference, not the rules themselves: the
+    reference is built from the same op declarations (shape, gradient and update rules),
+    so a wrong rule gives the same wrong answer everywhere and passes. The rules are
+    checked by the test suite, against central finite differences, PyTorch and a float64
+    transcription of torch.optim's formulas.
+
     >>> import lincompile as lc
     >>> g = lc.Graph("m"); x = g.input("x", ["N", 3]); _ = g.output(g.linear(x, 2))
     >>> lc.validate(g, ["onnx"]).ok

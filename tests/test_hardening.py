@@ -325,7 +325,7 @@ def test_step_must_be_a_non_negative_integer(adam_graph, target):
     exe = lc.compile(adam_graph, target)
     feeds = lc.random_feeds(adam_graph, batch=3)
     assert np.isfinite(exe.run(feeds)["loss"])
-    for bad in (2.5, 3.0, math.nan, True, np.array(-1, np.int64), -4, 2**70):
+    for bad in (2.5, 3.0, math.nan, True, np.array(-1, np.int64), -4, 2**70, 2**63 - 1):
         with pytest.raises(lc.FeedError, match="'step'"):
             exe.run({**feeds, "step": bad})
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FeedError
+from ..errors import FeedError, ShapeError
 from ..ir import Graph
 from ..ops import get_op
 from ..ops.base import fmt_shape
@@ -114,7 +114,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any],
     if not isinstance(feeds, Mapping):
         raise FeedError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
     want = {v.name: v for v in graph.inputs}
-    unknown = sorted(set(feeds) - set(want))
+    unknown = sorted(set(feeds) - set(want), key=repr)   # keys need not be str
     if unknown:
         raise FeedError(f"unknown feed(s) {unknown} for graph '{graph.name}'; its inputs are "
                         f"{list(want)}")
@@ -151,6 +151,11 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any],
                                     "undefined); skip empty batches")
         check_values(name, a, rules)
         out[name] = np.asarray(a, order="C")
+    if dims:   # the ops may tie a symbolic dim to a fixed one or to another
+        try:
+            graph.check_dims({d: n for d, (n, _) in dims.items()})
+        except ShapeError as e:
+            raise FeedError(f"feeds do not fit graph '{graph.name}': {e}") from None
     return out
 
 
@@ -161,6 +166,7 @@ def check_values(name: str, a: np.ndarray, rules: FeedRules) -> None:
     if name in rules.labels and a.size and (a.min() < 0 or a.max() >= rules.labels[name]):
         raise FeedError(f"feed '{name}' holds class labels outside "
                         f"[0, {rules.labels[name]})")
-    if name in rules.counts and a.size and a.min() < 0:
-        raise FeedError(f"feed '{name}' is a count (updates already made) and must be "
-                        f"≥ 0, got {a.min()}")
+    if name in rules.counts and a.size and not 0 <= a.min() <= a.max() < 2**62:
+        bad = a.min() if a.min() < 0 else a.max()
+        raise FeedError(f"feed '{name}' is a count (updates already made) and must lie in "
+                        f"[0, 2^62), got {bad}")

@@ -170,7 +170,8 @@ class Importer:
         self.reserved = self.produced | {v.name for v in gp.input} | {
             t.name for t in gp.initializer}
         self.node_names: set[str] = set()
-        self.consts = {t.name: Const(t.name, numpy_helper.to_array(t)) for t in gp.initializer}
+        self.consts = {t.name: Const(t.name, _tensor(t, f"initializer '{t.name}'"))
+                       for t in gp.initializer}
         for n in self.nodes:  # Constant nodes have no inputs: take them all up front
             if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
                 self.consts[n.output[0]] = Const(n.output[0], _constant_value(n))
@@ -313,16 +314,41 @@ class Importer:
             self.g.output(v)
 
 
+def _tensor(t: onnx.TensorProto, what: str) -> np.ndarray:
+    """The data of ``t``; data that does not fill its dims (or dims numpy cannot hold)
+    is a ModelLoadError, not a numpy one."""
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelLoadError(f"{what}: cannot read its data as dtype "
+                             f"{_dtype_name(t.data_type)}, dims {list(t.dims)}: "
+                             f"{_one_line(e)}") from None
+
+
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return str(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:  # UNDEFINED, STRING's object dtype, or no ONNX type at all
+        return onnx.TensorProto.DataType.Name(elem_type) \
+            if elem_type in onnx.TensorProto.DataType.values() else f"<ONNX type {elem_type}>"
+
+
+#: Constant's value attributes (onnx.checker has checked their types): dtype of the array.
+_CONSTANT_FORMS = {"value": None, "value_float": np.float32, "value_floats": np.float32,
+                   "value_int": np.int64, "value_ints": np.int64}
+
+
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    where = f"Constant node '{node.name or node.output[0]}'"
+    if len(node.attribute) != 1:
+        raise ModelLoadError(f"{where} has {len(node.attribute)} attributes; a Constant has "
+                             "exactly one (its value)")
     a = node.attribute[0]
-    val = helper.get_attribute_value(a)
-    if a.name == "value":
-        return numpy_helper.to_array(val)
-    if a.name in ("value_float", "value_floats"):
-        return np.array(val, np.float32)
-    if a.name in ("value_int", "value_ints"):
-        return np.array(val, np.int64)
-    raise LincompileError(f"Constant node '{node.name}': attribute '{a.name}' is not supported")
+    if a.name not in _CONSTANT_FORMS:
+        raise UnsupportedOpError(f"{where}: attribute '{a.name}' is not supported; lincompile "
+                                 f"reads {', '.join(_CONSTANT_FORMS)}")
+    val, dtype = helper.get_attribute_value(a), _CONSTANT_FORMS[a.name]
+    return _tensor(val, where) if dtype is None else np.array(val, dtype)
 
 
 def _input_type(vi: onnx.ValueInfoProto) -> tuple[list, str]:
@@ -332,8 +358,8 @@ def _input_type(vi: onnx.ValueInfoProto) -> tuple[list, str]:
                          "takes tensors only")
     tt = vi.type.tensor_type
     if tt.elem_type not in DTYPES:
-        name = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        raise ShapeError(f"input '{vi.name}' has dtype {name}; lincompile takes float32 "
+        raise ShapeError(f"input '{vi.name}' has dtype {_dtype_name(tt.elem_type)}; "
+                         "lincompile takes float32 "
                          "(float64 too) and int64 class labels or step counts")
     if not tt.HasField("shape"):
         raise ShapeError(f"input '{vi.name}' has no shape; lincompile needs at least its rank")

@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..backends.onnx_builder import DOMAIN, FUSED_KEY, OnnxBuilder
-from ..errors import LincompileError, ModelLoadError
+from ..errors import LincompileError, ModelLoadError, ShapeError
 from ..ir import Value
 from ..ops import OPS, get_op
 from ..ops.preview import DOMAIN as PREVIEW
@@ -51,6 +51,8 @@ def _weight(imp: Importer, b: str, stored_in_out: bool):
     without transB); only a constant used by this node alone is transposed back.
     """
     c = imp.const(b)
+    if _rank(imp, b) != 2:   # not a weight: the matmul it becomes names the bad rank
+        return None
     if not stored_in_out:
         return imp.linear_param(b) if imp.is_input(b) else None
     if c is None or c.data.ndim != 2 or not imp.fresh_use(b) or imp.native:
@@ -140,7 +142,11 @@ def transpose(imp: Importer, node: onnx.NodeProto) -> Result:
     c = imp.const(node.input[0])
     if c is None:
         raise imp.unsupported("only a Transpose of a constant (a weight) is imported")
-    data = np.transpose(c.data, _attrs(node).get("perm"))
+    perm = _attrs(node).get("perm")
+    if perm is not None and sorted(perm) != list(range(c.data.ndim)):
+        raise ShapeError(f"Transpose node '{node.name or node.output[0]}': perm {list(perm)} "
+                         f"is not an order of the {c.data.ndim} axes of '{node.input[0]}'")
+    data = np.transpose(c.data, perm)
     imp.consts[node.output[0]] = Const(node.output[0], data,
                                        origin=node.input[0] if data.ndim == 2 else None)
     return None
@@ -168,11 +174,20 @@ def flatten(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("flatten", [x], axis=axis + len(x.shape) if axis < 0 else axis)
 
 
-def reshape(imp: Importer, node: onnx.NodeProto) -> Result:
-    c = imp.const(node.input[1])
+def _ints(imp: Importer, name: str, what: str) -> list[int]:
+    """The constant ``name`` (a Reshape's shape, a ReduceSum's axes) as Python ints."""
+    c = imp.const(name)
     if c is None:
-        raise imp.unsupported("the target shape must be a constant (initializer or Constant)")
-    shape = [int(d) for d in c.data.reshape(-1)]
+        raise imp.unsupported(f"{what} must be a constant (initializer or Constant)")
+    if c.data.dtype.kind not in "iu":
+        node = imp.node.name or imp.node.op_type
+        raise ShapeError(f"ONNX node '{node}' ({imp.node.op_type}): {what} '{name}' holds "
+                         f"{c.data.dtype}, expected int64")
+    return [int(d) for d in c.data.reshape(-1)]
+
+
+def reshape(imp: Importer, node: onnx.NodeProto) -> Result:
+    shape = _ints(imp, node.input[1], "the target shape")
     if _attrs(node).get("allowzero", 0) and 0 in shape:
         raise imp.unsupported("allowzero=1 with a 0 in the target shape")
     x = imp.value(node.input[0])
@@ -183,10 +198,7 @@ def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
     at = _attrs(node)
     axes = at.get("axes")  # an attribute before opset 13, an input since
     if len(node.input) > 1 and node.input[1]:
-        c = imp.const(node.input[1])
-        if c is None:
-            raise imp.unsupported("the axes must be a constant")
-        axes = [int(a) for a in c.data.reshape(-1)]
+        axes = _ints(imp, node.input[1], "the axes")
     x = imp.value(node.input[0])
     if not axes and at.get("noop_with_empty_axes", 0):
         return imp.emit("identity", [x])
@@ -197,7 +209,7 @@ def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
 def softmax_cross_entropy(imp: Importer, node: onnx.NodeProto) -> Result:
     """torch.nn.CrossEntropyLoss's case only: 2-D logits, int64 labels, mean, no extras."""
     at = _attrs(node)
-    reduction = at.get("reduction", b"mean").decode()
+    reduction = at.get("reduction", b"mean").decode(errors="replace")
     why = (f"reduction '{reduction}' (only 'mean')" if reduction != "mean" else
            "ignore_index" if "ignore_index" in at else
            "class weights" if node.input[2:] and node.input[2] else
