@@ -1,66 +1,112 @@
-"""C backend benchmarks (issue 4 §4): single-threaded float32, one process, one run.
+"""C backend benchmarks: the generated GEMMs and an MLP training step against numpy
+(OpenBLAS), onnxruntime and torch, on one thread and on all threads, in one process.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_c.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_c.py --repeat 3
 
-Prints a ratio table:
+Prints:
 
+- the host's fp32 FMA peak per core (``benchmarks/peak.c``, built with the same ``-march``
+  as the generated code);
 - ``Y = X·Wᵀ + b``, ``dX = dY·W`` and ``dW = dYᵀ·X`` at (N, C_in, C_out) = (64, 784, 128),
-  (256, 1024, 1024), (1024, 2048, 2048): GFLOP/s of the generated kernels vs numpy
-  (OpenBLAS) and vs onnxruntime on the same graph (bar: ≥ 0.9× numpy at the larger two);
-- the training step of a 784-128-10 MLP at batch 64 (cross-entropy, SGD): generated C (one
-  ctypes call on pre-bound buffers) vs onnxruntime running lincompile's exported training
-  graph vs torch eager (bars: ≥ 1.3× faster than onnxruntime, ≥ 1.5× than torch);
-- the generated kernels on 2 threads vs 1 at the two larger shapes.
+  (256, 1024, 1024), (1024, 2048, 2048): GFLOP/s of the generated kernels, % of the peak,
+  numpy, onnxruntime and torch, and the ratio to the best of the three (bars: ≥ 0.95× the
+  best library everywhere, ≥ 80 % of peak at the two larger shapes); then the same on all
+  the cores this process may use (``os.sched_getaffinity``);
+- the training step of a 784-128-10 MLP at batch 64 (cross-entropy, SGD) through
+  ``Executable.run``, through ``bind()`` (in place, and not), onnxruntime running
+  lincompile's exported training graph and torch eager, on one thread and on all (bars:
+  run() within 10 µs of bind(), ≥ 1.3× faster than onnxruntime at the same thread count).
+
+``--clock cpu`` times one-thread calls by the calling thread's CPU time instead of the wall
+clock (every library here runs a one-thread call on the calling thread), which keeps
+other processes' load out of the numbers on a shared machine; multi-thread calls are
+always timed by the wall clock. ``--avx2`` builds the generated code for
+``-march=x86-64-v3`` and limits numpy (``OPENBLAS_CORETYPE=Haswell``) and torch
+(``MKL_ENABLE_INSTRUCTIONS=AVX2``, ``ONEDNN_MAX_CPU_ISA=AVX2``) to AVX2 as well: the
+numbers of an AVX2-only host on this one (onnxruntime picks its own kernels).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_v] = "1"   # before numpy / torch load their thread pools
-
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import lincompile as lc  # noqa: E402
-from lincompile.backends.onnx import to_onnx  # noqa: E402
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 SHAPES = [(64, 784, 128), (256, 1024, 1024), (1024, 2048, 2048)]
+AVX2_ENV = {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "ONEDNN_MAX_CPU_ISA": "AVX2"}
+HERE = Path(__file__).resolve().parent
 
 
-def timeit(fn: Callable[[], object], budget: float = 0.6, min_reps: int = 5) -> float:
-    """Median seconds per call over ≥ ``min_reps`` calls and about ``budget`` seconds."""
-    fn()   # warm up (page faults, lazy init)
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < budget:
-        t0 = time.perf_counter()
+def all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------------------- timing
+class Timer:
+    """Median seconds per call over at least ``min_reps`` calls and about ``budget``
+    seconds, after two warm-up calls; ``cpu``: the calling thread's CPU time."""
+
+    def __init__(self, cpu: bool, budget: float = 0.4, min_reps: int = 5):
+        self.cpu, self.budget, self.min_reps = cpu, budget, min_reps
+
+    def __call__(self, fn: Callable[[], object], threads: int = 1) -> float:
+        import numpy as np
+
+        clock = time.thread_time if self.cpu and threads == 1 else time.perf_counter
         fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 2000:
-            break
-    return float(np.median(times))
+        fn()
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < self.min_reps or time.perf_counter() - start < self.budget:
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+            if len(times) >= 5000:
+                break
+        return float(np.median(times))
 
 
-def ort_session(graph: lc.Graph):
-    import onnxruntime as ort
+def interleaved(fns: dict[str, tuple[Callable[[], object], int]], repeat: int,
+                timer: Timer) -> dict[str, float]:
+    """Median over ``repeat`` rounds of each function's median; the rounds alternate the
+    functions, so a burst of load on the machine hits all of them alike."""
+    import numpy as np
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(to_onnx(graph).SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, (fn, threads) in fns.items():
+            times[k].append(timer(fn, threads))
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def product_graphs(n: int, cin: int, cout: int) -> dict[str, tuple[lc.Graph, Callable]]:
-    """The three Linear products as graphs, with their numpy equivalents."""
+# ------------------------------------------------------------------------------- peak
+def peak(march: list[str], threads: int = 1, seconds: float = 0.3) -> float:
+    """The fp32 FMA peak (GFLOP/s) of ``threads`` cores: benchmarks/peak.c, built with
+    ``march``, run as that many processes at once (their sum)."""
+    exe = Path(tempfile.mkdtemp(prefix="lc-peak-")) / "peak"
+    subprocess.run(["cc", "-O2", *march, "-o", str(exe), str(HERE / "peak.c")], check=True)
+    procs = [subprocess.Popen([str(exe), str(seconds)], stdout=subprocess.PIPE, text=True)
+             for _ in range(threads)]
+    return sum(float(p.communicate()[0].split()[0]) for p in procs)
+
+
+# ------------------------------------------------------------------------------- products
+def product_graphs(n: int, cin: int, cout: int):
+    """The three Linear products as graphs, with numpy and torch equivalents."""
+    import numpy as np
+
+    import lincompile as lc
+
     y = lc.Graph("linear")
     y.output(y.apply("linear", [y.input("x", [n, cin]), y.input("w", [cout, cin]),
                                 y.input("b", [cout])]), name="y")
@@ -69,7 +115,6 @@ def product_graphs(n: int, cin: int, cout: int) -> dict[str, tuple[lc.Graph, Cal
     dw = lc.Graph("dw")
     dw.output(dw.matmul(dw.input("dy", [n, cout]), dw.input("x", [n, cin]), trans_a=True),
               name="dw")
-
     y_out = np.empty((n, cout), np.float32)
     dx_out = np.empty((n, cin), np.float32)
     dw_out = np.empty((cout, cin), np.float32)
@@ -78,46 +123,93 @@ def product_graphs(n: int, cin: int, cout: int) -> dict[str, tuple[lc.Graph, Cal
         np.matmul(f["x"], f["w"].T, out=y_out)
         np.add(y_out, f["b"], out=y_out)
 
-    return {"Y = X·Wᵀ + b": (y, np_y),
-            "dX = dY·W": (dx, lambda f: np.matmul(f["dy"], f["w"], out=dx_out)),
-            "dW = dYᵀ·X": (dw, lambda f: np.matmul(f["dy"].T, f["x"], out=dw_out))}
+    def torch_fns(f):
+        import torch
+
+        t = {k: torch.from_numpy(v) for k, v in f.items()}
+        ty, tdx, tdw = (torch.from_numpy(a) for a in (y_out, dx_out, dw_out))
+        return {"y": lambda: torch.addmm(t["b"], t["x"], t["w"].T, out=ty),
+                "dx": lambda: torch.mm(t["dy"], t["w"], out=tdx),
+                "dw": lambda: torch.mm(t["dy"].T, t["x"], out=tdw)}
+
+    return [("Y = X·Wᵀ + b", y, np_y, "y"),
+            ("dX = dY·W", dx, lambda f: np.matmul(f["dy"], f["w"], out=dx_out), "dx"),
+            ("dW = dYᵀ·X", dw, lambda f: np.matmul(f["dy"].T, f["x"], out=dw_out), "dw"),
+            ], torch_fns
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeat: int, budget: float = 0.6
-                ) -> dict[str, float]:
-    """Median over ``repeat`` rounds of each function's median time; the rounds alternate
-    the functions, so a burst of load on the machine hits all of them alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            times[k].append(timeit(fn, budget))
-    return {k: float(np.median(v)) for k, v in times.items()}
+def ort_session(graph, threads: int):
+    import onnxruntime as ort
+
+    from lincompile.backends.onnx import to_onnx
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(to_onnx(graph).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
 
 
-def bench_products(threads2: bool, repeat: int = 1) -> list[list[str]]:
+def numpy_threads(n: int):
+    """A context limiting numpy's BLAS to ``n`` threads (None without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(n)
+
+
+def bench_products(a, threads: int, pk: float) -> list[list[str]]:
+    import lincompile as lc
+
+    torch = _torch(threads)
     rows = []
     for n, cin, cout in SHAPES:
         flops = 2 * n * cin * cout
-        for name, (g, np_fn) in product_graphs(n, cin, cout).items():
+        graphs, torch_fns = product_graphs(n, cin, cout)
+        for name, g, np_fn, key in graphs:
             feeds = lc.random_feeds(g, seed=1)
-            c1 = lc.compile(g, "c").bind(feeds)
-            sess = ort_session(g)
-            fns = {"c": c1, "np": lambda: np_fn(feeds), "ort": lambda: sess.run(None, feeds)}
-            if threads2 and n >= 256:
-                fns["c2"] = lc.compile(g, "c", threads=2).bind(feeds)
-            t = interleaved(fns, repeat)
-            t_c, t_np, t_ort = t["c"], t["np"], t["ort"]
-            row = [name, f"{n}×{cin}×{cout}", f"{flops / t_c / 1e9:.1f}",
-                   f"{flops / t_np / 1e9:.1f}", f"{flops / t_ort / 1e9:.1f}",
-                   f"{t_np / t_c:.2f}", f"{t_ort / t_c:.2f}"]
-            if threads2:
-                row.append(f"{t_c / t['c2']:.2f}" if "c2" in t else "")
+            exe = lc.compile(g, "c", threads=threads, cflags=a.cflags)
+            fns = {"c": (exe.bind(feeds), threads)}
+            limit = numpy_threads(threads) if threads > 1 else None
+            if threads == 1 or limit is not None:
+                fns["numpy"] = (lambda f=feeds, fn=np_fn: fn(f), threads)
+            sess = ort_session(g, threads)
+            fns["onnxruntime"] = (lambda s=sess, f=feeds: s.run(None, f), threads)
+            if torch is not None:
+                fns["torch"] = (torch_fns(feeds)[key], threads)
+            t = interleaved(fns, a.repeat, a.timer)
+            if limit is not None:
+                limit.restore_original_limits()
+            gf = {k: flops / v / 1e9 for k, v in t.items()}
+            # with --avx2, onnxruntime keeps its own (wider) kernels: not a fair "best"
+            best = max(v for k, v in gf.items() if k != "c" and not (
+                a.avx2 and k == "onnxruntime"))
+            row = [name, f"{n}×{cin}×{cout}", f"{gf['c']:.1f}",
+                   f"{100 * gf['c'] / (pk * threads):.0f} %"]
+            row += [f"{gf[k]:.1f}" if k in gf else "–" for k in ("numpy", "onnxruntime",
+                                                                 "torch")]
+            row.append(f"{gf['c'] / best:.2f}")
             rows.append(row)
             print("  ".join(row), file=sys.stderr, flush=True)
     return rows
 
 
-def bench_train_step(batch: int = 64, repeat: int = 1) -> list[list[str]]:
+def _torch(threads: int):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+# ------------------------------------------------------------------------------- MLP step
+def bench_train_step(a, threads: int, batch: int = 64) -> dict[str, float]:
+    import numpy as np
+
+    import lincompile as lc
+
     g = lc.Graph("mlp", seed=0)
     x = g.input("x", ["N", 784])
     g.output(g.linear(g.relu(g.linear(x, 128, name="fc1")), 10, name="fc2"))
@@ -126,18 +218,14 @@ def bench_train_step(batch: int = 64, repeat: int = 1) -> list[list[str]]:
     feeds = {"x": rng.standard_normal((batch, 784)).astype(np.float32),
              "target": rng.integers(0, 10, batch).astype(np.int64),
              "lr": np.array(0.01, np.float32), **t.initial_state}
-    exe = lc.compile(t, "c")
-    bound = exe.bind(feeds)
-    sess = ort_session(t)
-    fns = {"lincompile C (bound: one ctypes call)": bound,
-           "lincompile C (Executable.run)": lambda: exe.run(feeds),
-           "onnxruntime (exported training graph)": lambda: sess.run(None, feeds)}
-    try:
-        import torch
-    except ImportError:
-        torch = None
+    exe = lc.compile(t, "c", threads=threads, cflags=a.cflags)
+    sess = ort_session(t, threads)
+    fns = {"C run()": (lambda: exe.run(feeds), threads),
+           "C bind() (in place)": (exe.bind(feeds), threads),
+           "C bind(inplace=False)": (exe.bind(feeds, inplace=False), threads),
+           "onnxruntime (exported graph)": (lambda: sess.run(None, feeds), threads)}
+    torch = _torch(threads)
     if torch is not None:
-        torch.set_num_threads(1)
         model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(),
                                     torch.nn.Linear(128, 10))
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -148,15 +236,15 @@ def bench_train_step(batch: int = 64, repeat: int = 1) -> list[list[str]]:
             opt.zero_grad()
             crit(model(tx), ty).backward()
             opt.step()
-        fns[f"torch {torch.__version__} eager"] = step
-    res = interleaved(fns, repeat, 1.0)
-    base = res["lincompile C (bound: one ctypes call)"]
-    rows = [[k, f"{v * 1e6:.0f}", f"{v / base:.2f}"] for k, v in res.items()]
-    for r in rows:
-        print("  ".join(r), file=sys.stderr, flush=True)
-    return rows
+        fns[f"torch {torch.__version__} eager"] = (step, threads)
+    timer = Timer(a.timer.cpu, budget=1.0)
+    res = interleaved(fns, a.repeat, timer)
+    for k, v in res.items():
+        print(f"{k}: {v * 1e6:.0f} µs ({threads} threads)", file=sys.stderr, flush=True)
+    return res
 
 
+# ------------------------------------------------------------------------------- output
 def table(head: list[str], rows: list[list[str]]) -> str:
     w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = lambda r: "| " + " | ".join(c.ljust(x) for c, x in zip(r, w)) + " |"
@@ -164,25 +252,74 @@ def table(head: list[str], rows: list[list[str]]) -> str:
                       *map(fmt, rows)])
 
 
+def host() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return name
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--no-threads", action="store_true", help="skip the 2-thread column")
     p.add_argument("--repeat", type=int, default=1, metavar="R",
                    help="alternate the implementations over R rounds and report the median "
                         "(use 3+ on a machine with other load)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="one-thread calls timed by the wall clock (default) or the calling "
+                        "thread's CPU time (keeps other processes' load out)")
+    p.add_argument("--threads", type=int, default=all_cores(), metavar="T",
+                   help="the 'all threads' count (default: the cores this process may use)")
+    p.add_argument("--avx2", action="store_true",
+                   help="generated code for -march=x86-64-v3, numpy and torch limited to AVX2")
+    p.add_argument("--no-products", action="store_true", help="only the MLP step")
     a = p.parse_args()
+    for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[v] = "1"   # before numpy / torch load their thread pools
+    if a.avx2:
+        os.environ.update(AVX2_ENV)
+    march = ["-march=x86-64-v3"] if a.avx2 else ["-march=native"]
+    a.cflags = ["-O3", *march, "-std=c99"]
+    a.timer = Timer(a.clock == "cpu")
+
+    import numpy as np
     import onnxruntime
 
-    print(f"# lincompile C backend benchmark — {time.strftime('%Y-%m-%d')}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"python {platform.python_version()}, numpy {np.__version__}, onnxruntime "
-          f"{onnxruntime.__version__}; single thread unless noted\n")
-    head = ["product", "N×C_in×C_out", "C GFLOP/s", "numpy", "onnxruntime", "C / numpy",
-            "C / ort"] + ([] if a.no_threads else ["2 threads / 1"])
-    print(table(head, bench_products(not a.no_threads, a.repeat)))
-    print("\nMLP 784-128-10 training step, batch 64, cross-entropy + SGD:\n")
-    print(table(["implementation", "µs / step", "time vs C"],
-                bench_train_step(repeat=a.repeat)))
+    torch = _torch(1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# lincompile C backend benchmark — {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"host: {host()}, {all_cores()} cores available; python {platform.python_version()}"
+          f", numpy {np.__version__}, onnxruntime {onnxruntime.__version__}"
+          + (f", torch {torch.__version__}" if torch else "") + f"; cflags {' '.join(a.cflags)}"
+          f"; clock {a.clock}, repeat {a.repeat}; load average at start {load:.1f}")
+    pk = peak(march)
+    print(f"fp32 FMA peak: {pk:.1f} GFLOP/s per core (benchmarks/peak.c, {' '.join(march)})\n")
+    if not a.no_products:
+        head = ["product", "N×C_in×C_out", "C GFLOP/s", "% of peak", "numpy", "onnxruntime",
+                "torch", "C / best"]
+        if a.avx2:
+            print("(--avx2: numpy and torch limited to AVX2; onnxruntime keeps its own "
+                  "kernels and is left out of 'C / best')\n")
+        print("Linear products, 1 thread:\n")
+        print(table(head, bench_products(a, 1, pk)))
+        if a.threads > 1:
+            print(f"\nLinear products, {a.threads} threads (% of {a.threads} × peak; wall "
+                  "clock):\n")
+            print(table(head, bench_products(a, a.threads, pk)))
+    print("\nMLP 784-128-10 training step, batch 64, cross-entropy + SGD (µs per step):\n")
+    counts = [1] + ([a.threads] if a.threads > 1 else [])
+    res = {n: bench_train_step(a, n) for n in counts}
+    rows = [[k] + [f"{res[n][k] * 1e6:.0f}" for n in counts] for k in res[1]]
+    bind, run, ort = "C bind() (in place)", "C run()", "onnxruntime (exported graph)"
+    rows.append(["run() − bind()"] + [f"{(res[n][run] - res[n][bind]) * 1e6:.0f}"
+                                      for n in counts])
+    rows.append(["onnxruntime / run()"] + [f"{res[n][ort] / res[n][run]:.2f}×"
+                                           for n in counts])
+    print(table(["implementation", *(f"{n} thread{'s' * (n > 1)}" for n in counts)], rows))
+    end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nload average at the end: {end:.1f}")
 
 
 if __name__ == "__main__":

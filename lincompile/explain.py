@@ -1,4 +1,5 @@
-"""``lincompile explain``: DESIGN §1's chain-rule table, filled in for each Linear of a graph.
+"""``lincompile explain``: the chain-rule table of docs/derivation.md, filled in for each
+Linear of a graph.
 
 For every ``linear`` node: its forward pass, the element-form partial derivatives, and the
 three gradients in element form and matrix form, with the graph's own tensor names and
@@ -12,6 +13,8 @@ shapes. ``T.grad`` is ∂loss/∂T, as lincompile's training graphs name it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import LincompileError
@@ -61,7 +64,8 @@ def linears(graph: Graph) -> list[Node]:
 def layer(graph: Graph, n: Node) -> Layer:
     x, w, *rest = n.inputs
     b, y = (rest[0] if rest else None), n.outputs[0]
-    N, c_out, c_in = x.shape[0], w.shape[0], w.shape[1]
+    # rows: an input [*, C_in] is the matrix of its rows (leading dims flattened)
+    N, c_out, c_in = "·".join(map(str, x.shape[:-1])), w.shape[0], w.shape[1]
     dy = f"{y.name}.grad"
     fwd = f"Σ_k {w.name}[o, k] · {x.name}[n, k]"
     rows = [
@@ -93,11 +97,14 @@ def layer(graph: Graph, n: Node) -> Layer:
         f"{_s(x)}·{_s((c_in, c_out))} → {_s(y)}", partials, rows)
 
 
-def _header(graph: Graph, n: Node) -> str:
+def _header(graph: Graph, n: Node, esc: Callable[[str], str] = str) -> str:
+    """One line naming the layer; ``esc`` escapes each name and symbolic dim for a format."""
     x, w = n.inputs[:2]
-    bias = f", bias {n.inputs[2].name} {_s(n.inputs[2])}" if len(n.inputs) > 2 else ", no bias"
-    return (f"Linear '{n.name}': {x.name} {_s(x)} → {n.outputs[0].name} {_s(n.outputs[0])}; "
-            f"weight {w.name} {_s(w)} = [C_out, C_in]{bias}")
+    s = lambda v: "[" + ", ".join(esc(str(d)) for d in v.shape) + "]"
+    bias = (f", bias {esc(n.inputs[2].name)} {s(n.inputs[2])}" if len(n.inputs) > 2
+            else ", no bias")
+    return (f"Linear '{esc(n.name)}': {esc(x.name)} {s(x)} → {esc(n.outputs[0].name)} "
+            f"{s(n.outputs[0])}; weight {esc(w.name)} {s(w)} = [C_out, C_in]{bias}")
 
 
 def _text(graph: Graph, layers: list[Layer]) -> list[str]:
@@ -120,19 +127,50 @@ def _text(graph: Graph, layers: list[Layer]) -> list[str]:
     return out
 
 
+#: Characters that could start markup, a link, an autolink, an entity or HTML inside a
+#: line of Markdown text (GitHub's flavour and common extensions); escaped with "\\".
+_MD_SPECIAL = set("\\`*_{}[]<>#|~&$:")
+
+
+def _printable(s: str) -> str:
+    """``s`` with control characters (newlines, tabs, …) shown as U+FFFD: one line stays one
+    line."""
+    return "".join("\ufffd" if ord(c) < 32 or ord(c) == 127 else c for c in s)
+
+
+def _md(s: str) -> str:
+    """``s`` as literal Markdown text (CommonMark backslash escapes)."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in _printable(s))
+
+
+def _code(s: str, table: bool = True) -> str:
+    """``s`` as a Markdown code span, whatever backticks it holds; in a table cell a ``|``
+    must be escaped even inside code (GitHub's table syntax)."""
+    s = _printable(s)
+    if table:
+        s = s.replace("|", "\\|")
+    fence = "`" * (max((len(r) for r in re.findall("`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
 def _markdown(graph: Graph, layers: list[Layer]) -> list[str]:
     out = []
     for L in layers:
         y = L.node.outputs[0].name
-        out += [f"### {_header(graph, L.node)}", "",
-                f"Forward: `{L.forward[0]} = {L.forward[1]}`, i.e. "
-                f"`{L.forward_matrix[0]} = {L.forward_matrix[1]}` ({L.forward_shapes}).", "",
+        out += [f"### {_header(graph, L.node, _md)}", "",
+                f"Forward: {_code(f'{L.forward[0]} = {L.forward[1]}', False)}, i.e. "
+                f"{_code(f'{L.forward_matrix[0]} = {L.forward_matrix[1]}', False)} "
+                f"({_code(L.forward_shapes, False)}).", "",
                 "| partial derivative | is nonzero only when | value |", "|---|---|---|"]
-        out += [f"| `∂{y}[p, q] / ∂{a}` | {c} | `{v}` |" for a, v, c in L.partials]
+        out += [f"| {_code(f'∂{y}[p, q] / ∂{a}')} | {c} | {_code(v)} |"
+                for a, v, c in L.partials]
         out += ["", "| gradient | element form | matrix form | shapes |", "|---|---|---|---|"]
-        out += [f"| `{r.grad.name}.grad` | `{r.element[0]} = {r.element[1]}` | "
-                f"`{r.matrix[0]} = {r.matrix[1]}` | {r.shapes} |" for r in L.rows]
-        computed = [f"`{r.grad.name}.grad` {r.computed_by}" for r in L.rows if r.computed_by]
+        out += [f"| {_code(r.grad.name + '.grad')} | {_code(f'{r.element[0]} = {r.element[1]}')}"
+                f" | {_code(f'{r.matrix[0]} = {r.matrix[1]}')} | {_code(r.shapes)} |"
+                for r in L.rows]
+        computed = [f"{_code(r.grad.name + '.grad', False)} {_md(r.computed_by)}"
+                    for r in L.rows if r.computed_by]
         if computed:
             out += ["", "In this graph: " + "; ".join(computed) + "."]
         out.append("")
@@ -198,5 +236,7 @@ def explain(graph: Graph, fmt: str = "text") -> str:
             "T.grad is ∂loss/∂T for the scalar loss")
     if not nodes:
         head = f"graph '{graph.name}' ({role}) has no Linear layer: nothing to explain"
-    first = {"text": head, "markdown": f"## {head}", "latex": "% " + head}[fmt]
+    first = {"text": head, "markdown": "## " + head.replace(f"'{graph.name}'",
+                                                            f"'{_md(graph.name)}'", 1),
+             "latex": "% " + head}[fmt]
     return "\n".join([first, "", *render(graph, [layer(graph, n) for n in nodes])]).rstrip() + "\n"

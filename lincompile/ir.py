@@ -11,7 +11,7 @@ fc2: float32[N, 3]
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -73,6 +73,8 @@ class Graph:
         self.initial_state: dict[str, np.ndarray] = {}
         self.values: dict[str, Value] = {}
         self.rng = np.random.default_rng(seed)
+        #: bindings of the symbolic dims that check_dims has accepted
+        self._dims_ok: set[tuple] = set()
 
     # ------------------------------------------------------------------ definitions
     def _define(self, name: str, dtype: str, shape: Sequence[Dim]) -> Value:
@@ -202,6 +204,40 @@ class Graph:
     def tanh(self, x: Value, name: str | None = None) -> Value:
         return self.apply("tanh", [x], name)
 
+    def leaky_relu(self, x: Value, alpha: float = 0.01, name: str | None = None) -> Value:
+        return self.apply("leaky_relu", [x], name, alpha=float(alpha))
+
+    def gelu(self, x: Value, approximate: str = "none", name: str | None = None) -> Value:
+        """torch.nn.GELU: the erf form, or ``approximate="tanh"``."""
+        return self.apply("gelu", [x], name, approximate=approximate)
+
+    def silu(self, x: Value, name: str | None = None) -> Value:
+        return self.apply("silu", [x], name)
+
+    def softmax(self, x: Value, name: str | None = None) -> Value:
+        """Softmax over the last axis."""
+        return self.apply("softmax", [x], name)
+
+    def log_softmax(self, x: Value, name: str | None = None) -> Value:
+        """Log-softmax over the last axis."""
+        return self.apply("log_softmax", [x], name)
+
+    def layer_norm(self, x: Value, eps: float = 1e-5, elementwise_affine: bool = True,
+                   name: str | None = None) -> Value:
+        """torch.nn.LayerNorm over the last dim, with new parameters ``name.weight`` (ones)
+        and ``name.bias`` (zeros) unless ``elementwise_affine=False``."""
+        name = name or self.fresh("layer_norm")
+        c = x.shape[-1] if x.shape else None
+        if not isinstance(c, int):
+            raise ShapeError(f"layer_norm '{name}': input '{x.name}' {fmt_shape(x.shape)} needs "
+                             "a fixed last dim")
+        ins = [x]
+        if elementwise_affine:
+            dt = np.dtype(x.dtype)
+            ins += [self.param(f"{name}.weight", np.ones(c, dt)),
+                    self.param(f"{name}.bias", np.zeros(c, dt))]
+        return self.apply("layer_norm", ins, name=name, epsilon=float(eps))
+
     def flatten(self, x: Value, axis: int = 1, name: str | None = None) -> Value:
         return self.apply("flatten", [x], name, axis=axis)
 
@@ -268,6 +304,46 @@ class Graph:
             if defined.get(v.name) is not v:
                 raise LincompileError(f"graph '{self.name}': output '{v.name}' is never defined")
         return self
+
+    def check_dims(self, dims: Mapping[str, int]) -> None:
+        """Check that every op takes the graph's inputs with the symbolic dims set to
+        ``dims`` (``{"N": 32}``), and gives the shapes the graph declares.
+
+        A shape rule lets a symbolic dim stand for any size, so a graph can tie one to a
+        fixed size or to another symbolic dim (``matmul`` of ``[2, 3]ᵀ`` and ``[N, 4]``
+        needs N = 2); backends size their buffers by the declared shapes. Raises a
+        ShapeError naming the first node that cannot take ``dims``; each binding is
+        checked once.
+        """
+        key = (len(self.nodes), tuple(sorted(dims.items())))
+        if key in self._dims_ok:
+            return
+        dims = dict(dims)
+        given = ", ".join(f"{k}={v}" for k, v in sorted(dims.items()))
+
+        def fixed(v: Value) -> Value:
+            return Value(v.name, v.dtype, tuple(dims.get(d, d) if isinstance(d, str) else d
+                                                for d in v.shape))
+
+        env: dict[str, Value] = {}
+        for n in self.nodes:
+            where = f"node '{n.name}' ({n.op}) cannot take {given}"
+            try:
+                types = get_op(n.op).infer(*(env.get(v.name) or fixed(v) for v in n.inputs),
+                                           **n.attrs)
+            except ShapeError as e:
+                raise ShapeError(f"{where}: {e}") from None
+            for v, (dtype, shape) in zip(n.outputs, types):
+                for d, c in zip(v.shape, shape):
+                    if isinstance(d, str) and isinstance(c, int):
+                        d = dims.setdefault(d, c)   # a symbol no input binds: bind it here
+                    if isinstance(d, int) and isinstance(c, int) and d != c:
+                        raise ShapeError(f"{where}: it computes '{v.name}' as "
+                                         f"{fmt_shape(shape)}, declared {fmt_shape(v.shape)}")
+                env[v.name] = Value(v.name, dtype, tuple(shape))
+        if len(self._dims_ok) > 64:
+            self._dims_ok.clear()
+        self._dims_ok.add(key)
 
     def clone(self, name: str | None = None) -> Graph:
         """A deep copy (new Value/Node objects; parameter arrays are copied)."""

@@ -1,7 +1,8 @@
-"""Validation: the same random feeds through several backends, against float64 (DESIGN §6)."""
+"""Validation: the same random feeds through several backends, against float64."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -10,7 +11,7 @@ import numpy as np
 from .backends import compile
 from .backends.base import label_inputs
 from .backends.reference import ReferenceExecutable
-from .errors import LincompileError, ValidationError
+from .errors import FeedError, LincompileError, ValidationError
 from .ir import Graph
 from .ops import get_op
 
@@ -23,11 +24,38 @@ ABS_BOUND = 1e-6
 PRECISION_BOUND = {"fp32": REL_BOUND, "tf32": 2e-2, "bf16": 2e-2}
 #: Targets that take a ``precision``.
 PRECISION_TARGETS = ("cuda", "cuda-cpu")
+#: The most memory random feeds plus their outputs may take (bytes, float64 for the
+#: reference included): above it, :func:`random_feeds` refuses instead of being killed.
+MAX_FEED_BYTES = 2 * 2**30
+
+
+def feed_bytes(graph: Graph, batch: int) -> int:
+    """Bytes of the graph's inputs and outputs at ``batch`` (each symbolic dim = ``batch``),
+    floats counted at 8 bytes as the float64 reference holds them."""
+    total = 0
+    for v in [*graph.inputs, *graph.outputs]:
+        n = math.prod(batch if isinstance(d, str) else d for d in v.shape)
+        total += n * 8   # float32 becomes float64 in the reference; int64 is 8 already
+    return total
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
 
 
 def random_feeds(graph: Graph, batch: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     """Random feeds of the right shapes and dtypes: valid class labels for label inputs,
-    v ≥ 0 for Adam's second moment, a small step count, a small positive learning rate."""
+    v ≥ 0 for Adam's second moment, a small step count, a small positive learning rate.
+    A FeedError when they and the outputs would take more than :data:`MAX_FEED_BYTES`."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
+        raise FeedError(f"batch must be an int ≥ 0, got {batch!r}")
+    if isinstance(seed, (int, np.integer)) and seed < 0:
+        raise FeedError(f"seed must be ≥ 0, got {seed}")
+    need = feed_bytes(graph, int(batch))
+    if need > MAX_FEED_BYTES:
+        raise FeedError(f"random feeds of batch {batch} for graph '{graph.name}' and their "
+                        f"outputs would take {_gib(need)}, above the {_gib(MAX_FEED_BYTES)} "
+                        "that validation allows; use a smaller batch")
     rng = np.random.default_rng(seed)
     labels = label_inputs(graph)
     domains = {}
@@ -96,7 +124,8 @@ class Report:
 
 def compare(target: str, name: str, out: np.ndarray | None, ref: np.ndarray,
             bound: float = REL_BOUND) -> Row:
-    """One row of the report: the relative ``bound``, NaN/Inf and missing outputs fail."""
+    """One row of the report: the relative ``bound`` (ABS_BOUND where the reference is 0),
+    NaN/Inf and missing outputs fail."""
     if out is None:
         return Row(target, name, np.inf, np.inf, False, "output not written")
     out = np.asarray(out)
@@ -122,6 +151,12 @@ def validate(graph: Graph, targets: Sequence[str] = ("reference", "onnx"), batch
     float64 reference. ``precision`` is that of the Linear products on the CUDA targets
     (``tf32``/``bf16`` are held to :data:`PRECISION_BOUND`); the others compute in float32.
 
+    This checks each backend's code against the reference, not the rules themselves: the
+    reference is built from the same op declarations (shape, gradient and update rules),
+    so a wrong rule gives the same wrong answer everywhere and passes. The rules are
+    checked by the test suite, against central finite differences, PyTorch and a float64
+    transcription of torch.optim's formulas.
+
     >>> import lincompile as lc
     >>> g = lc.Graph("m"); x = g.input("x", ["N", 3]); _ = g.output(g.linear(x, 2))
     >>> lc.validate(g, ["onnx"]).ok
@@ -134,7 +169,7 @@ def validate(graph: Graph, targets: Sequence[str] = ("reference", "onnx"), batch
         opts = {"precision": precision} if t in PRECISION_TARGETS else {}
         bound = PRECISION_BOUND.get(precision, REL_BOUND) if opts else REL_BOUND
         try:
-            outs = compile(graph, t, **opts).run(feeds)
+            outs = compile(graph, t, **opts).run(feeds, poison=True)
         except LincompileError as e:
             report.rows.append(Row(t, "*", np.inf, np.inf, False, str(e)))
             continue

@@ -111,3 +111,62 @@ def run_driver(exe: Path, graph: lc.Graph, feeds: dict, inplace: bool, tmp: Path
             outs[v.name] = np.frombuffer(raw[at:at + size], v.dtype).reshape(shape)
             at += size
     return outs, res
+
+
+def _ptr(a: np.ndarray):
+    import ctypes
+
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def ctypes_call(lib, entry: str, graph: lc.Graph, feeds: dict, prefix: str = "model") -> dict:
+    """Call entry point ``prefix_entry`` of a built library as a C caller would: the batch
+    size, one pointer per input and output in the header's order, and a workspace of
+    ``prefix_workspace_size(N)`` bytes. Outputs start poisoned (NaN, or -1 for integers),
+    so one the code does not write fails the comparison with the reference."""
+    import ctypes
+
+    n = next((np.shape(feeds[v.name])[i] for v in graph.inputs
+              for i, d in enumerate(v.shape) if isinstance(d, str)), 0)
+    ins = [np.ascontiguousarray(feeds[v.name], v.dtype) for v in graph.inputs]
+    outs = {v.name: np.full([n if isinstance(d, str) else d for d in v.shape],
+                            np.nan if v.dtype != "int64" else -1, v.dtype)
+            for v in graph.outputs}
+    size = getattr(lib, f"{prefix}_workspace_size")
+    size.restype, size.argtypes = ctypes.c_size_t, [ctypes.c_long]
+    ws = np.zeros(size(n) + 64, np.uint8)
+    fn = getattr(lib, f"{prefix}_{entry}")
+    fn.restype = None
+    fn(ctypes.c_long(n), *map(_ptr, ins), *map(_ptr, outs.values()), _ptr(ws))
+    return outs
+
+
+def ctypes_initial_state(lib, entry: str, graph: lc.Graph, prefix: str = "model") -> dict:
+    """The state inputs of a training step as ``prefix_entry_init`` fills them (each array
+    starts poisoned)."""
+    state = {v.name: np.full([d for d in v.shape], np.nan if v.dtype != "int64" else -1,
+                             v.dtype) for v in graph.inputs if v.name in graph.initial_state}
+    fn = getattr(lib, f"{prefix}_{entry}_init")
+    fn.restype = None
+    fn(*map(_ptr, state.values()))
+    return state
+
+
+def train_with_library(lib, entry: str, graph: lc.Graph, batches: list[dict], prefix="model"):
+    """Train with the library's training step from its own initial state, next to the float64
+    reference from the graph's initial state; returns per-step (ours, reference) outputs."""
+    from lincompile.backends.reference import ReferenceExecutable
+
+    ref = ReferenceExecutable(graph, "float64")
+    state = ctypes_initial_state(lib, entry, graph, prefix)
+    for k, v in graph.initial_state.items():
+        assert np.array_equal(state[k], v), f"{prefix}_{entry}_init: {k}"
+    ref_state = dict(graph.initial_state)
+    steps = []
+    for feeds in batches:
+        got = ctypes_call(lib, entry, graph, {**feeds, **state}, prefix)
+        want = ref.run({**feeds, **ref_state})
+        steps.append((got, want))
+        state = {k: got[f"{k}.next"] for k in state}
+        ref_state = {k: want[f"{k}.next"] for k in ref_state}
+    return steps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -22,6 +24,10 @@ def available_targets() -> list[str]:
         out.append(t)
     return out
 
+
+# The C backend's GEMM thresholds take their defaults in tests (no per-cache-directory
+# measurement; tests/test_c_gemm.py runs the measurement and both paths of each threshold).
+os.environ.setdefault("LINCOMPILE_TUNE", "0")
 
 TARGETS = available_targets()
 #: Targets other than the reference itself: compared against the float64 reference.

@@ -4,6 +4,7 @@ live in test_ops.py, test_training.py and test_torch_parity.py.)"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from c_helpers import build_driver, run_driver
+from c_helpers import build_driver, run_driver, train_with_library
 from helpers import mlp
 
 import lincompile as lc
@@ -31,7 +32,7 @@ def check(exe: lc.Executable, graph: lc.Graph, batch: int, seed: int = 0, **fixe
     """Run random feeds through ``exe``; every output within DESIGN §6's bound of float64."""
     feeds = {**lc.random_feeds(graph, batch, seed), **fixed}
     ref = ReferenceExecutable(graph, "float64").run(feeds)
-    got = exe.run(feeds)
+    got = exe.run(feeds, poison=True)   # an output the code forgot stays NaN
     rows = [compare("c", k, got.get(k), r) for k, r in ref.items()]
     bad = [r for r in rows if not r.ok]
     assert not bad, f"{graph.name} at batch {batch}: {bad}"
@@ -88,18 +89,22 @@ def test_fused_epilogue_and_gradients_at_tile_edges(act):
             check(exe, graph, b, seed=b)
 
 
-OPTIMIZERS = {"sgd": lc.SGD(0.1), "sgd-momentum-wd": lc.SGD(0.05, 0.9, 1e-2),
+OPTIMIZERS = {"sgd": lc.SGD(0.1), "sgd-wd": lc.SGD(0.1, weight_decay=1e-2),
+              "sgd-momentum-wd": lc.SGD(0.05, 0.9, 1e-2),
               "adam-l2": lc.Adam(0.01, weight_decay=1e-2), "adamw": lc.AdamW(0.01)}
 
 
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("loss", ["cross-entropy", "mse"])
 def test_training_step_every_loss_and_optimizer(loss, opt):
-    plain = opt == "sgd"   # without P.grad outputs, dW is fused into the update
+    # without P.grad outputs, a plain SGD update (no momentum) may take dW in; sgd-wd is
+    # here so that a fusion that dropped the weight decay fails
+    plain = opt in ("sgd", "sgd-wd")
     t = lc.training_graph(mlp((9, 20, 4), seed=3), loss=loss, optimizer=OPTIMIZERS[opt],
                           emit_grads=not plain)
     exe = lc.compile(t, "c")
-    assert ("(matmul) fused in" in exe.source()) == plain
+    fused = "(matmul) fused in" in exe.source()
+    assert fused if opt == "sgd" else (plain or not fused)
     for b in BATCHES:
         check(exe, t, b, seed=b)
 
@@ -133,6 +138,113 @@ def test_bound_in_place_training_equals_run():
     for k in state:   # the bound inputs were updated in place
         assert np.array_equal(bound.inputs[k], state[k]), k
     assert bound.outputs["fc1.weight.next"] is bound.inputs["fc1.weight"]
+
+
+# --------------------------------------------------------------------------- run()
+def mlp_step(batch: int = 17, seed: int = 0):
+    t = lc.training_graph(mlp((12, 16, 5), seed=seed), optimizer=lc.SGD(0.1))
+    feeds = {**lc.random_feeds(t, batch, seed=seed), **t.initial_state,
+             "lr": np.float32(0.1)}
+    return t, lc.compile(t, "c", threads=1), feeds
+
+
+def test_run_returns_arrays_of_its_own_every_call():
+    _, exe, feeds = mlp_step()
+    first = exe.run(feeds)
+    kept = {k: v.copy() for k, v in first.items()}
+    view = exe.run(feeds)["fc1.weight.next"][:2]   # the dict goes, a view of one stays
+    view_copy = view.copy()
+    for _ in range(4):
+        again = exe.run(feeds)
+        for k, v in again.items():
+            assert not np.shares_memory(v, view), k
+            for w in first.values():
+                assert not np.shares_memory(v, w), k
+    for k, v in first.items():   # nothing handed out earlier was written again
+        assert np.array_equal(v, kept[k]), k
+    assert np.array_equal(view, view_copy)
+    assert all(np.array_equal(again[k], kept[k]) for k in kept)   # same feeds, same result
+
+
+def test_run_hands_out_a_buffer_again_only_once_dropped():
+    _, exe, feeds = mlp_step()
+    addresses = lambda out: {v.ctypes.data for v in out.values() if v.size}
+    seen = addresses(exe.run(feeds))   # dropped at once: its buffers may come back
+    out = exe.run(feeds)
+    assert addresses(out) & seen, "dropped output buffers are used again"
+    held = addresses(out)
+    assert not addresses(exe.run(feeds)) & held, "a held output was handed out again"
+
+
+def test_run_equals_bind_and_poison_changes_nothing():
+    _, exe, feeds = mlp_step(batch=33, seed=2)
+    want = exe.bind(feeds, inplace=False)
+    want()
+    bound = exe.bind(feeds)   # in place: one step from the same state
+    bound()
+    for got in (exe.run(feeds), exe.run(feeds, poison=True), exe.run(feeds)):
+        for k, v in got.items():
+            assert np.array_equal(v, want.outputs[k]), k
+            assert np.array_equal(v, bound.outputs[k]), k
+
+
+def test_run_keeps_every_check_after_a_fast_call():
+    _, exe, feeds = mlp_step()
+    want = exe.run(feeds)
+    same = lambda out: all(np.array_equal(out[k], want[k]) for k in want)
+    for lr in (0.1, np.float32(0.1), np.array(0.1, np.float32)):   # each way of a scalar
+        assert same(exe.run({**feeds, "lr": lr}))
+    assert same(exe.run({**feeds, "x": np.asfortranarray(feeds["x"])}))   # copied, then fast
+    bad = {"x": feeds["x"].astype(np.float64), "target": feeds["target"][:5],
+           "lr": np.array(0.1)}
+    for name, value in bad.items():
+        with pytest.raises(lc.FeedError, match=name):
+            exe.run({**feeds, name: value})
+    with pytest.raises(lc.FeedError, match="missing"):
+        exe.run({k: v for k, v in feeds.items() if k != "lr"})
+    with pytest.raises(lc.FeedError, match="unknown"):
+        exe.run({**feeds, "lr2": np.float32(1)})
+    for label in (5, -1):
+        target = feeds["target"].copy()
+        target[3] = label
+        with pytest.raises(lc.FeedError, match="labels outside"):
+            exe.run({**feeds, "target": target})
+    assert same(exe.run(feeds))
+
+
+def test_run_checks_labels_of_a_loss_it_does_not_output():
+    g = lc.Graph("scaled", seed=0)
+    z, y = g.input("z", ["N", 3]), g.input("y", ["N"], "int64")
+    g.output(g.mul(g.softmax_cross_entropy(z, y), g.const(np.float32(2))), name="twice")
+    exe = lc.compile(g, "c", threads=1)
+    feeds = lc.random_feeds(g, 4)
+    want = exe.run(feeds)["twice"]
+    assert np.array_equal(exe.run(feeds)["twice"], want)
+    with pytest.raises(lc.FeedError, match="labels outside"):
+        exe.run({**feeds, "y": np.array([0, 1, 3, 0])})
+
+
+def test_run_switches_batch_sizes():
+    t, exe, _ = mlp_step()
+    feeds = {n: {**lc.random_feeds(t, n, seed=n), **t.initial_state} for n in (3, 64, 3, 1)}
+    for n, f in feeds.items():
+        ref = ReferenceExecutable(t, "float64").run(f)
+        got = exe.run(f)
+        assert got["fc1.weight.next"].shape == (16, 12)
+        assert all(compare("c", k, got[k], r).ok for k, r in ref.items()), n
+
+
+def test_default_threads_follow_the_affinity():
+    from lincompile.backends.c import default_threads
+
+    want = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_threads() == want
+    t = lc.training_graph(mlp((200, 160, 10), seed=5), optimizer=lc.SGD(0.1))
+    feeds = lc.random_feeds(t, 130, seed=1)
+    default, one = lc.compile(t, "c"), lc.compile(t, "c", threads=1)
+    assert f"#define LC_THREADS {want} " in default.source()
+    a, b = default.run(feeds), one.run(feeds)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 # --------------------------------------------------------------------------- safety
@@ -199,15 +311,48 @@ def test_generated_c_is_warning_free_and_documented(tmp_path):
     assert "/* node 'fc1.weight.grad' (matmul) -> 'fc1.weight.grad' */" in c
     # forward reads the trained weights (inputs), the training step starts from the model's
     assert "in1   fc1.weight" in h.split("net_train_step")[0]
+    # and what was built runs: 3 Adam steps from net_train_step_init's state, 2 threads
+    subprocess.run(["cc", "-std=c99", "-O2", "-fopenmp", "-fPIC", "-shared", "model.c", "-o",
+                    "libnet.so", "-lm"], cwd=tmp_path, check=True, capture_output=True)
+    lib = ctypes.CDLL(str(tmp_path / "libnet.so"))
+    rng = np.random.default_rng(2)
+    batches = [{"x": rng.standard_normal((b, 6)).astype(np.float32),
+                "target": rng.standard_normal((b, 3)).astype(np.float32),
+                "lr": np.float32(0.01)} for b in (5, 70, 1)]
+    t = graphs["train_step"]
+    for i, (got, ref) in enumerate(train_with_library(lib, "train_step", t, batches, "net")):
+        bad = [r for r in (compare("c", k, got[k], v) for k, v in ref.items()) if not r.ok]
+        assert not bad, f"net_train_step, step {i}: {bad}"
 
 
 # --------------------------------------------------------------------------- sanitizers
+SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=all"]
+
+
+def sanitizer_missing(tmp_path: Path, env: dict) -> str | None:
+    """Why ASan/UBSan cannot run here (a trivial program does not build or run), or None."""
+    src = tmp_path / "probe.c"
+    src.write_text("#include <stdlib.h>\nint main(void) { char *p = malloc(4); p[0] = 0; "
+                   "free(p); return 0; }\n")
+    try:
+        subprocess.run(["cc", *SANITIZE, str(src), "-o", str(tmp_path / "probe")], check=True,
+                       capture_output=True, text=True, timeout=120)
+        subprocess.run([str(tmp_path / "probe")], check=True, capture_output=True, text=True,
+                       env=env, timeout=60)
+    except subprocess.CalledProcessError as e:
+        return (e.stderr or e.stdout or f"exit {e.returncode}").strip()[:200]
+    return None
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="ASan/UBSan runs are set up for Linux")
 def test_address_and_undefined_sanitizers_clean(tmp_path):
-    flags = ["-std=c99", "-O1", "-g", "-march=native", "-fsanitize=address,undefined",
-             "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+    flags = ["-std=c99", "-O1", "-g", "-march=native", *SANITIZE]
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
            "UBSAN_OPTIONS": "print_stacktrace=1"}
+    why = sanitizer_missing(tmp_path, env)
+    if why:   # only a missing runtime skips: a build failure of the generated code fails
+        pytest.skip(f"no sanitizer runtime here: {why}")
     for k, opt in enumerate([lc.Adam(0.01), lc.SGD(0.1)]):   # SGD: dW fused into P.next
         t = lc.training_graph(mlp((13, 70, 5), seed=8), optimizer=opt)
         d = tmp_path / str(k)
@@ -215,7 +360,7 @@ def test_address_and_undefined_sanitizers_clean(tmp_path):
         try:
             exe, _, inplace = build_driver(t, d, flags)
         except subprocess.CalledProcessError as e:
-            pytest.skip(f"no sanitizer runtime here: {e.stderr[:200]}")
+            pytest.fail(f"the generated code does not build with sanitizers: {e.stderr[:2000]}")
         assert inplace, "optimizer state should be updatable in place"
         for n in (1, 7, 64, 130):
             feeds = lc.random_feeds(t, n, seed=n)

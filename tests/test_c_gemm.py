@@ -1,44 +1,82 @@
 """templates/c/gemm.c.j2 on its own: all four layouts, odd shapes that cross every cache
-and register block, alpha/beta, bias and activation epilogues, the portable fallback,
-and OpenMP results bitwise equal to one thread — against numpy float64."""
+and register block, alpha/beta, bias and activation epilogues, every register tile the
+generator picks (AVX-512, AVX2 through ``-march=x86-64-v3``, 4-wide, plain C) and both
+sides of each threshold (dot products or packed B for nt, B in place or packed for nn/tn),
+and OpenMP results bitwise equal to one thread — against numpy float64. Also the tile
+choice and the threshold measurement (lincompile/backends/c_tiles.py, c_tune.py)."""
 
 from __future__ import annotations
 
 import ctypes
+import json
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
+from lincompile.backends import c_tiles, c_tune
 from lincompile.backends.c import TILES
 from lincompile.backends.render import render
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 
-TINY = {"mr": 2, "nr": 16, "kc": 8, "mc": 4, "nc": 32, "direct_max_m": 4}
+BIG = 1 << 30
+TINY = {"mr": 2, "nr": 16, "kc": 8, "mc": 4, "nc": 32, "direct_max_m": 4,
+        "direct_max_kn": BIG, "dot_max_m": 4}
+#: every path at once: nt by dot products, nn/tn with B in place, at any size
+UNPACKED = {**TILES, "direct_max_m": BIG, "direct_max_kn": BIG, "dot_max_m": BIG}
+#: everything packed (no dot products, no B in place)
+PACKED = {**TILES, "direct_max_m": 0, "dot_max_m": 0}
+V3 = ["-O2", "-march=x86-64-v3"]
+NATIVE = ["-O2", "-march=native"]
+#: name -> (tiles, flags); tiles None: what the generator picks for the flags (untuned)
+BUILDS = {
+    "tiny": (TINY, ["-O2", "-fopenmp"]),
+    "picked": (None, NATIVE),
+    "packed": (PACKED, [*NATIVE, "-fopenmp"]),
+    "unpacked": (UNPACKED, [*NATIVE, "-fopenmp"]),
+    "12x32": ({**PACKED, "mr": 12, "nr": 32, "kc": 96, "mc": 36, "nc": 64}, NATIVE),
+    "x86-64-v3": (None, [*V3, "-fopenmp"]),
+    "vec4": (None, ["-O2"]),
+    "portable": (None, ["-O2", "-DLC_GEMM_PORTABLE"]),
+}
 WRAP = "\n".join(f"""
 void t_{lay}(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
              int ldb, float beta, float *C, int ldc, const float *bias, int act, int threads) {{
     lc_gemm_{lay}(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, act, pack, threads);
+}}
+void f_{lay}(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+             int ldb, float beta, const float *S, float *C, int ldc, const float *bias,
+             int act, int threads) {{
+    lc_gemm_{lay}_from(M, N, K, alpha, A, lda, B, ldb, beta, S, C, ldc, bias, act, pack,
+                      threads);
 }}""" for lay in ("nt", "nn", "tn", "tt"))
 SHAPES = [(1, 1, 1), (3, 17, 5), (7, 33, 64), (37, 45, 29), (65, 130, 9), (130, 20, 300),
-          (300, 70, 17), (64, 128, 784)]
+          (300, 70, 17), (64, 128, 784), (9, 49, 515), (17, 97, 33), (41, 530, 21)]
 
 
-@pytest.fixture(scope="module", params=["tiny", "default", "portable", "openmp"])
+def x86() -> bool:
+    return "__x86_64__" in c_tiles._predefined(c_tiles.compiler(), ("-O2",))
+
+
+@pytest.fixture(scope="module", params=list(BUILDS))
 def lib(request, tmp_path_factory):
-    tiles = TINY if request.param in ("tiny", "openmp") else TILES
-    flags = {"portable": ["-O2", "-DLC_GEMM_PORTABLE"], "openmp": ["-O2", "-fopenmp"]}.get(
-        request.param, ["-O2", "-march=native"])
+    name = request.param
+    tiles, flags = BUILDS[name]
+    if name in ("x86-64-v3", "vec4") and not x86():
+        pytest.skip("an x86-64 build")
+    if name == "x86-64-v3":
+        assert c_tiles.target_isa(flags) == "avx2"
+    tiles = tiles or c_tiles.gemm_tiles(flags, tune=False)
     src = render("c/gemm.c.j2", **tiles) + "\nstatic float pack[1 << 22];\n" + WRAP
-    d = tmp_path_factory.mktemp(request.param)
+    d = tmp_path_factory.mktemp(name)
     (d / "g.c").write_text(src)
     r = subprocess.run(["cc", *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC",
                         "-shared", str(d / "g.c"), "-o", str(d / "g.so"), "-lm"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    return request.param, ctypes.CDLL(str(d / "g.so"))
+    return name, "-fopenmp" in flags, ctypes.CDLL(str(d / "g.so"))
 
 
 def call(lib, lay, a, b, c, alpha, beta, bias, act, threads=1):
@@ -58,7 +96,7 @@ def expected(lay, a, b, c0, alpha, beta, bias, act):
 
 @pytest.mark.parametrize("lay", ["nt", "nn", "tn", "tt"])
 def test_layouts_against_float64(lib, lay):
-    kind, so = lib
+    kind, openmp, so = lib
     rng = np.random.default_rng(0)
     for i, (M, N, K) in enumerate(SHAPES):
         a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
@@ -71,7 +109,105 @@ def test_layouts_against_float64(lib, lay):
         want = expected(lay, a, b, c0, alpha, beta, bias, act)
         err = np.abs(c - want).max() / (np.abs(want).max() + 1e-30)
         assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} {lay} {M}x{N}x{K}: {err:.1e}"
-        if kind == "openmp":
-            c2 = c0.copy() if beta else np.full((M, N), np.nan, np.float32)
-            call(so, lay, a, b, c2, alpha, beta, bias, act, threads=2)
-            assert np.array_equal(c, c2), f"2 threads differ from 1: {lay} {M}x{N}x{K}"
+        if openmp:
+            for threads in (2, 3):
+                c2 = c0.copy() if beta else np.full((M, N), np.nan, np.float32)
+                call(so, lay, a, b, c2, alpha, beta, bias, act, threads=threads)
+                assert np.array_equal(c, c2), \
+                    f"{kind}: {threads} threads differ from 1: {lay} {M}x{N}x{K}"
+
+
+@pytest.mark.parametrize("lay", ["nt", "nn", "tn", "tt"])
+def test_from_starts_from_another_matrix(lib, lay):
+    """``lc_gemm_XX_from``: C = alpha op(A) op(B) + beta S, S left as it was (the fused SGD
+    update P.next = P - lr dW); with S = C it is the plain routine."""
+    kind, _, so = lib
+    rng = np.random.default_rng(2)
+    for M, N, K in [(3, 17, 5), (37, 45, 29), (64, 128, 784), (9, 530, 21)]:
+        a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
+        b = rng.standard_normal((N, K) if lay[1] == "t" else (K, N)).astype(np.float32)
+        src = rng.standard_normal((M, N)).astype(np.float32)
+        s0, c = src.copy(), np.full((M, N), np.nan, np.float32)
+        p = lambda x: x.ctypes.data_as(ctypes.c_void_p)
+        getattr(so, f"f_{lay}")(M, N, K, ctypes.c_float(-0.5), p(a), a.shape[1], p(b),
+                                b.shape[1], ctypes.c_float(1.0), p(src), p(c), N, None, 0, 2)
+        want = expected(lay, a, b, s0, -0.5, 1.0, None, 0)
+        err = np.abs(c - want).max() / np.abs(want).max()
+        assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} {lay} {M}x{N}x{K}: {err:.1e}"
+        assert np.array_equal(src, s0)
+        inplace = src.copy()
+        getattr(so, f"f_{lay}")(M, N, K, ctypes.c_float(-0.5), p(a), a.shape[1], p(b),
+                                b.shape[1], ctypes.c_float(1.0), p(inplace), p(inplace), N,
+                                None, 0, 2)
+        assert np.array_equal(inplace, c), f"{kind} {lay}: S = C differs from S != C"
+
+
+def test_big_product_is_thread_count_independent(lib):
+    """A product large enough to be split over threads (≥ 2 MFLOP) in every layout (the
+    thread count is ignored by a build without OpenMP)."""
+    kind, _, so = lib
+    rng = np.random.default_rng(1)
+    M, N, K = 100, 150, 90
+    for lay in ("nt", "nn", "tn"):
+        a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
+        b = rng.standard_normal((N, K) if lay[1] == "t" else (K, N)).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32)
+        outs = []
+        for threads in (1, 2, 4):
+            c = np.full((M, N), np.nan, np.float32)
+            call(so, lay, a, b, c, 1.0, 0.0, bias, 1, threads)
+            outs.append(c)
+        want = expected(lay, a, b, None, 1.0, 0.0, bias, 1)
+        assert np.abs(outs[0] - want).max() < 1e-4 * np.abs(want).max()
+        assert all(np.array_equal(outs[0], o) for o in outs[1:]), f"{kind} {lay}"
+
+
+# --------------------------------------------------------------------------- tile choice
+def test_tiles_follow_the_target_isa():
+    if not x86():
+        pytest.skip("an x86-64 compiler")
+    assert c_tiles.target_isa(V3) == "avx2"
+    assert c_tiles.target_isa(["-O2", "-march=x86-64-v4"]) == "avx512"
+    assert c_tiles.target_isa(["-O2", "-march=x86-64"]) == "vec4"
+    assert c_tiles.target_isa(["-O2", "-DLC_GEMM_PORTABLE"]) == "scalar"
+    assert c_tiles.target_isa(["-O2", "-fno-such-flag-lincompile"]) == "scalar"
+    t = c_tiles.gemm_tiles(V3, tune=False)
+    assert (t["mr"], t["nr"]) == c_tiles.REGISTER_TILES["avx2"]
+    assert t["nc"] % t["nr"] == 0 and t["mc"] % t["mr"] == 0 and t["nr"] % 16 == 0
+
+
+def test_blocking_follows_the_cache_sizes(tmp_path):
+    for i, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "32K"),
+                                             (2, "Unified", "1024K"), (3, "Unified", "32M")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        for f, v in (("level", level), ("type", kind), ("size", size)):
+            (d / f).write_text(f"{v}\n")
+    caches = c_tiles.host_caches.__wrapped__(str(tmp_path))
+    assert caches == {"L1": 32 << 10, "L2": 1 << 20, "L3": 32 << 20}
+    small = c_tiles.blocking(8, 48, caches)
+    big = c_tiles.blocking(8, 48, {**caches, "L1": 48 << 10, "L2": 2 << 20})
+    assert 8 * small["kc"] * 4 <= caches["L1"] // 4
+    assert small["kc"] * small["nc"] * 4 <= caches["L2"] // 2
+    assert big["nc"] > small["nc"] and big["direct_max_kn"] == (2 << 20) // 8
+    assert c_tiles.host_caches.__wrapped__(str(tmp_path / "none")) == c_tiles.DEFAULT_CACHES
+
+
+def test_thresholds_are_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("LINCOMPILE_CACHE", str(tmp_path))
+    monkeypatch.delenv("LINCOMPILE_TUNE", raising=False)
+    c_tune._MEMO.clear()
+    flags = ["-O2", "-march=native"]
+    tiles = c_tiles.gemm_tiles(flags)
+    path = c_tune.cache_path(flags, tiles)
+    saved = json.loads(path.read_text())
+    assert tiles["dot_max_m"] == saved["dot_max_m"] and \
+        tiles["direct_max_m"] == saved["direct_max_m"]
+    assert saved["direct_max_m"] in (0, *c_tune.ROWS)
+    # a later build reads the choice back (a planted value shows it is not measured again)
+    c_tune._MEMO.clear()
+    path.write_text(json.dumps({**saved, "direct_max_m": 3}))
+    assert c_tiles.gemm_tiles(flags)["direct_max_m"] == 3
+    monkeypatch.setenv("LINCOMPILE_TUNE", "0")
+    assert c_tiles.gemm_tiles(flags)["direct_max_m"] == c_tiles.DEFAULT_DIRECT_MAX_M
+    c_tune._MEMO.clear()

@@ -83,7 +83,7 @@ def test_top_level_help_lists_every_command():
     (["frobnicate"], ["invalid choice", "frobnicate"]),
     (["info"], ["required", "file"]),
     (["info", "missing.onnx"], ["no such file", "missing.onnx"]),
-    (["demo", "--epochs", "0"], ["--epochs", "> 0"]),
+    (["demo", "--epochs", "0"], ["--epochs", "in [1, "]),
     (["export-training", "m.onnx", "-o", "t.onnx", "--loss", "hinge", "--optimizer", "sgd"],
      ["--loss", "hinge"]),
     (["export-training", "m.onnx", "-o", "t.onnx", "--loss", "mse"], ["--optimizer"]),
@@ -282,3 +282,25 @@ def test_explain_through_files(tmp_path, model_file):
 def test_demo_rejects_a_bad_optimizer():
     assert_usage_error(cli("demo", "--optimizer", "lbfgs"), "lbfgs")
 
+
+
+def test_freeze_names_may_come_before_the_model(tmp_path, model_file):
+    """``--freeze`` takes one or more names, so argparse alone would take MODEL.onnx as one."""
+    out = tmp_path / "t.onnx"
+    r = cli("export-training", "--freeze", "fc1.weight", "fc1.bias", model_file, "-o", out,
+            "--loss", "mse", "--optimizer", "sgd")
+    assert r.returncode == 0, r.stderr
+    names = {i.name for i in onnx.load(out).graph.input}
+    assert "fc2.weight" in names and not names & {"fc1.weight", "fc1.bias"}
+    assert_usage_error(cli("export-training", "--freeze", "fc1.weight", "-o", out, "--loss",
+                           "mse", "--optimizer", "sgd"), "required: model")
+
+
+def test_compile_prints_every_entry_point_of_the_header(tmp_path, model_file):
+    r = cli("compile", model_file, "-o", tmp_path / "c", "--train", "--loss", "mse",
+            "--optimizer", "sgd", "--momentum", "0.9")
+    assert r.returncode == 0, r.stderr
+    printed = re.search(r"entry points: (.*) \(documented", r.stdout).group(1).split(", ")
+    header = (tmp_path / "c" / "model.h").read_text()
+    declared = sorted(set(re.findall(r"\b(model_\w+)\(", header)))
+    assert sorted(printed) == declared and len(declared) == 4

@@ -10,9 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from c_helpers import train_with_library
 from helpers import mlp
 
 import lincompile as lc
+from lincompile.validate import compare
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which("cc") is None,
                                 reason="needs make and cc")
@@ -43,6 +45,15 @@ def test_compile_model_and_training_step_then_call_the_library(tmp_path):
     lib.model_forward(ctypes.c_long(n), ptr(x), *map(ptr, params), ptr(out), ptr(ws))
     want = lc.compile(model, "reference", dtype="float64").run({"x": x})["fc2"]
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    # the training step it built: from model_train_step_init's state, 4 steps, each output
+    # (feeding the library's own state back) within the bound of the float64 reference
+    t = lc.training_graph(model, loss="cross-entropy", optimizer=lc.SGD(0.1))
+    rng = np.random.default_rng(1)
+    batches = [{"x": rng.standard_normal((b, 6)).astype(np.float32),
+                "target": rng.integers(0, 3, b), "lr": np.float32(0.1)} for b in (7, 1, 130, 7)]
+    for i, (got, ref) in enumerate(train_with_library(lib, "train_step", t, batches)):
+        bad = [r for r in (compare("c", k, got[k], v) for k, v in ref.items()) if not r.ok]
+        assert not bad, f"model_train_step, step {i}: {bad}"
 
 
 def test_compile_an_exported_training_file(tmp_path):

@@ -65,11 +65,11 @@ int t_gemm_tn(int M, int N, int K, float alpha, const float* A, int lda, const f
               float beta, float* C, int ldc) {
     return (int)lc_gemm_tn(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, (cudaStream_t)0);
 }
-int t_colsum(int rows, int cols, const float* X, int ldx, float alpha, float beta, float* out,
-             float* ws) {
+int t_colsum(size_t rows, size_t cols, const float* X, size_t ldx, float alpha, float beta,
+             float* out, float* ws) {
     return (int)lc_colsum(rows, cols, X, ldx, alpha, beta, out, ws, (cudaStream_t)0);
 }
-int t_sum(int n, float alpha, const float* x, float* out, float* ws) {
+int t_sum(size_t n, float alpha, const float* x, float* out, float* ws) {
     return (int)lc_sum(n, alpha, x, out, ws, (cudaStream_t)0);
 }
 /* Invalid launch (2048 threads/block): must report cudaErrorInvalidConfiguration and not run. */
@@ -222,6 +222,7 @@ def build(tmp_path_factory):
 
 F = ctypes.c_float
 CI = ctypes.c_int
+SZ = ctypes.c_size_t
 PF = ctypes.POINTER(ctypes.c_float)
 
 
@@ -232,8 +233,8 @@ class Emu:
         L.t_gemm_nt.argtypes = [CI, CI, CI, F, PF, CI, PF, CI, F, PF, CI, PF, CI]
         L.t_gemm_nn.argtypes = [CI, CI, CI, F, PF, CI, PF, CI, F, PF, CI]
         L.t_gemm_tn.argtypes = [CI, CI, CI, F, PF, CI, PF, CI, F, PF, CI]
-        L.t_colsum.argtypes = [CI, CI, PF, CI, F, F, PF, PF]
-        L.t_sum.argtypes = [CI, F, PF, PF, PF]
+        L.t_colsum.argtypes = [SZ, SZ, PF, SZ, F, F, PF, PF]
+        L.t_sum.argtypes = [SZ, F, PF, PF, PF]
         L.t_bad_launch.argtypes = [PF]
         L.t_host_linear.argtypes = [CI, CI, CI, PF, PF, PF, PF]
 
@@ -461,6 +462,63 @@ def test_sum(build, which):
             what = f"sum n={n} ws={ws_on}"
             assert_close(outs[0], ref, n, what)
             assert outs[0].tobytes() == outs[1].tobytes(), f"{what}: not deterministic"
+
+
+# Chunking constants of templates/cuda/reduce.cu.j2 (the sizes below are ragged against them).
+SUM_CHUNK, SUM_MAX_PARTIALS = 16384, 1024
+COLSUM_CHUNK_ROWS, COLSUM_MAX_CHUNKS = 512, 64
+VALIDATE_REL = 1e-5   # lincompile validate's bound against float64
+
+
+def assert_rel(got, ref, what):
+    """Every element within VALIDATE_REL of the float64 reference (relative)."""
+    ref = np.asarray(ref, np.float64)
+    err = np.abs(got.astype(np.float64) - ref)
+    bad = np.argwhere(~(err <= VALIDATE_REL * np.abs(ref)))
+    assert not len(bad), (f"{what}: {len(bad)} of {ref.size} off, e.g. at {tuple(bad[0])}: got "
+                          f"{got[tuple(bad[0])]}, want {ref[tuple(bad[0])]}")
+
+
+@pytest.mark.parametrize("which", ["default", "small"])
+def test_sum_ragged_sizes(build, which):
+    """lc_sum at sizes that do not divide its chunks (k·chunk ± 1, primes; the chunks of a
+    two-pass sum are ceil(n / partials) long, ragged too), against a float64 sum at the
+    validate bound. Values lie in [1, 2) with a large one at each end, so a dropped element
+    (the first, or the ragged tail) is far outside it. (Past the partials cap the split is the
+    same arithmetic: tests/test_sizes.py checks it up to n > 2^32.)"""
+    emu = lib_for(build, which)
+    rng = np.random.default_rng(10)
+    sizes = [1, 63, 65, 255, 257, SUM_CHUNK - 1, SUM_CHUNK + 1, 2 * SUM_CHUNK - 1,
+             2 * SUM_CHUNK + 1, 3 * SUM_CHUNK + 1, 49157, 100_003]
+    for n in sizes:
+        x = rng.uniform(1, 2, n).astype(np.float32)
+        x[0], x[-1] = 0.25 * n, 0.5 * n
+        ref = x.astype(np.float64).sum()
+        for ws_on in (False, True):
+            ws = np.zeros(SUM_MAX_PARTIALS, np.float32) if ws_on else None
+            out = np.full(1, np.nan, np.float32)
+            assert emu.lib.t_sum(n, 1.0, ptr(x), ptr(out), ptr(ws)) == 0
+            assert_rel(out, [ref], f"sum n={n} ws={ws_on}")
+
+
+@pytest.mark.parametrize("which", ["default", "small"])
+def test_colsum_ragged_sizes(build, which):
+    """lc_colsum with rows that are not a multiple of its chunks or of the block's rows, and
+    columns that are not a multiple of 32, at the validate bound against float64."""
+    emu = lib_for(build, which)
+    rng = np.random.default_rng(11)
+    for rows in (1, 9, 511, 513, 2 * COLSUM_CHUNK_ROWS - 1, 2 * COLSUM_CHUNK_ROWS + 1, 1031,
+                 COLSUM_CHUNK_ROWS * COLSUM_MAX_CHUNKS + 7):
+        for cols in (1, 31, 33):
+            X = rng.uniform(1, 2, (rows, cols)).astype(np.float32)
+            X[-1] *= 100   # the ragged tail's last row weighs as much as a hundred others
+            ref = X.astype(np.float64).sum(0)
+            for ws_on in (False, True):
+                ws = np.zeros(COLSUM_MAX_CHUNKS * cols, np.float32) if ws_on else None
+                out = np.full(cols, np.nan, np.float32)
+                assert emu.lib.t_colsum(rows, cols, ptr(X), cols, 1.0, 0.0, ptr(out),
+                                        ptr(ws)) == 0
+                assert_rel(out, ref, f"colsum rows={rows} cols={cols} ws={ws_on}")
 
 
 def test_invalid_launch_configuration(emu):

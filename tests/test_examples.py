@@ -66,30 +66,3 @@ def test_finetune_last_layer(tmp_path):
     inits = {t.name for t in train.graph.initializer}
     assert {"fc1.weight", "fc1.bias"} <= inits and not inputs & {"fc1.weight", "fc1.bias"}
     assert not any(o.name.startswith("fc1.") for o in train.graph.output)
-
-
-def test_the_training_loop_in_the_docs_runs(tmp_path, monkeypatch):
-    """docs/training-graphs.md's loop, on files made by the CLI, with Adam (it has `step`)."""
-    import numpy as np
-
-    import lincompile as lc
-    from lincompile.datasets import load_digits
-
-    doc = (EXAMPLES.parent / "docs" / "training-graphs.md").read_text()
-    code = re.search(r"```python\n(.*?)```", doc, re.S)[1]
-    m = lc.Graph("mlp", seed=0)
-    m.output(m.linear(m.relu(m.linear(m.input("x", ["N", 64]), 16, name="fc1")), 10,
-                      name="fc2"))
-    monkeypatch.chdir(tmp_path)
-    lc.save_onnx(m, "mlp.onnx")
-    r = subprocess.run([sys.executable, "-m", "lincompile", "export-training", "mlp.onnx", "-o",
-                        "mlp_train.onnx", "--loss", "cross-entropy", "--optimizer", "adam"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    x, y = load_digits()
-    env = {"batches": [(x[i:i + 32], y[i:i + 32]) for i in range(0, 320, 32)]}
-    exec(code, env)
-    assert int(env["state"]["step"]) == 10
-    expected = lc.training_graph(m, "cross-entropy", lc.Adam())
-    assert set(env["state"]) == set(expected.initial_state)
-    assert not np.allclose(env["state"]["fc1.weight"], m.params["fc1.weight"].data)

@@ -73,7 +73,7 @@ OUT_OF_SCOPE = {
     # lincompile's values are tensors only
     "test_identity_sequence": "a sequence input",
     "test_identity_opt": "an optional input",
-    # the IR's matmul is 2-D (Linear layers); batched and vector products are not needed
+    # the IR's matmul is [*, K] · [K, N] (Linear layers); batched and vector products are not
     "test_matmul_3d": "3-D MatMul", "test_matmul_4d": "4-D MatMul",
     "test_matmul_bcast": "broadcast 4-D MatMul", "test_matmul_1d_3d": "1-D × 3-D MatMul",
     "test_matmul_4d_1d": "4-D × 1-D MatMul", "test_matmul_1d_1d": "1-D × 1-D MatMul",

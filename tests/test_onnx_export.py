@@ -29,10 +29,10 @@ def all_graphs():
                                       emit_grads=True)
 
 
-@pytest.mark.parametrize("inline", [False, True])
-def test_files_pass_full_checker_and_run_in_ort(tmp_path, inline):
+@pytest.mark.parametrize("portable", [False, True])
+def test_files_pass_full_checker_and_run_in_ort(tmp_path, portable):
     for name, g in all_graphs():
-        path = lc.save_onnx(g, tmp_path / f"{name}.onnx", inline=inline)
+        path = lc.save_onnx(g, tmp_path / f"{name}.onnx", portable=portable)
         model = onnx.load(path)
         onnx.checker.check_model(model, full_check=True)
         assert [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] \
@@ -40,7 +40,7 @@ def test_files_pass_full_checker_and_run_in_ort(tmp_path, inline):
         domains = {n.domain for n in model.graph.node}
         body_domains = {n.domain for f in model.functions for n in f.node}
         assert body_domains <= {""}, "function bodies use standard ops only"
-        assert domains <= ({""} if inline else {"", "lincompile"})
+        assert domains <= ({""} if portable else {"", "lincompile"})
         assert not any("microsoft" in d or "preview" in d for d in domains)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feeds = lc.random_feeds(g, batch=3)
@@ -112,3 +112,40 @@ def test_sessions_show_no_warnings(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "done"
     assert "[W:" not in r.stderr and "[E:" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("opt", [lc.Adam(1e-3), lc.AdamW(1e-3, weight_decay=0.1)],
+                         ids=["adam", "adamw"])
+def test_adam_first_step_in_onnxruntime_is_exact(opt):
+    """The first step (zero state) is the most sensitive to 1 − β2: float32 β2 = 0.999 alone
+    makes ``P.v.next`` 1.3e-5 off; the exported update must stay at float32 rounding."""
+    t = lc.training_graph(mlp((12, 8, 3)), loss="mse", optimizer=opt)
+    feeds = lc.random_feeds(t, 6, seed=3)
+    feeds.update({k: np.zeros_like(v) for k, v in feeds.items() if k.endswith((".m", ".v"))})
+    feeds["step"] = np.array(0, np.int64)
+    ref = lc.compile(t, "reference", dtype="float64").run(feeds)
+    got = lc.compile(t, "onnx").run(feeds)
+    for k in ref:
+        assert np.linalg.norm(got[k] - ref[k]) <= 1e-6 * np.linalg.norm(ref[k]), k
+
+
+@pytest.mark.parametrize("op, state, attrs", [
+    ("sgd", [], {}), ("sgd", ["velocity"], {"momentum": 0.9}),
+    ("adam", ["m", "v", "step"], {})], ids=["sgd", "momentum", "adam"])
+def test_updates_without_weight_decay_keep_infinite_parameters(op, state, attrs):
+    """torch skips the decay term at weight_decay = 0; an exported 0·p would turn ±Inf into
+    NaN."""
+    g = lc.Graph("update")
+    p, grad = g.input("p", [4]), g.input("grad", [4])
+    ins = [g.input(s, [] if s == "step" else [4], "int64" if s == "step" else "float32")
+           for s in state]
+    res = g.apply(op, [p, grad, *ins, g.input("lr", [])], name="update", **attrs)
+    g.output(res[0] if state else res, name="upd")
+    feeds = {"p": np.array([np.inf, -np.inf, 1, 2], np.float32),
+             "grad": np.array([0.5, 0.5, 0.5, np.nan], np.float32), "lr": np.float32(0.1),
+             "velocity": np.zeros(4, np.float32), "m": np.zeros(4, np.float32),
+             "v": np.zeros(4, np.float32), "step": np.array(0, np.int64)}
+    feeds = {k: feeds[k] for k in ["p", "grad", *state, "lr"]}
+    want = lc.compile(g, "reference").run(feeds)["upd"]
+    np.testing.assert_array_equal(want[:2], [np.inf, -np.inf])   # as torch
+    np.testing.assert_allclose(lc.compile(g, "onnx").run(feeds)["upd"], want, rtol=1e-6)

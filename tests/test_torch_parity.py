@@ -12,6 +12,8 @@ torch = pytest.importorskip("torch")
 
 CASES = {
     "sgd": (lc.SGD(0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+    "sgd-wd": (lc.SGD(0.1, weight_decay=0.01),
+               lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.01)),
     "sgd-momentum": (lc.SGD(0.1, momentum=0.9),
                      lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
     "sgd-momentum-wd": (lc.SGD(0.1, momentum=0.8, weight_decay=0.01),

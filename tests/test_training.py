@@ -12,6 +12,7 @@ from lincompile.backends.reference import ReferenceExecutable
 
 OPTIMIZERS = {
     "sgd": lc.SGD(0.1),
+    "sgd-wd": lc.SGD(0.1, weight_decay=1e-2),   # no momentum: C and CUDA may fuse dW in
     "sgd-momentum-wd": lc.SGD(0.05, momentum=0.9, weight_decay=1e-3),
     "adam": lc.Adam(0.01),
     "adam-l2": lc.Adam(0.01, weight_decay=1e-2),

@@ -1,16 +1,23 @@
-"""What every backend shares: the Executable interface and feed checking (DESIGN §2)."""
+"""What every backend shares: the Executable interface and feed checking."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import FeedError
+from ..errors import FeedError, ShapeError
 from ..ir import Graph
 from ..ops import get_op
 from ..ops.base import fmt_shape
+
+#: fill outputs with NaN (int64: its minimum) before each ``run``, so an output the
+#: generated code never writes shows up: what ``validate`` and the tests do. Set from
+#: ``LINCOMPILE_POISON=1``; ``run(feeds, poison=True)`` asks for it per call.
+POISON = os.environ.get("LINCOMPILE_POISON", "") not in ("", "0")
 
 
 class Executable:
@@ -24,14 +31,19 @@ class Executable:
         self.graph = graph
         self.input_names = [v.name for v in graph.inputs]
         self.output_names = [v.name for v in graph.outputs]
-        self._labels = label_inputs(graph)
+        #: what check_feeds enforces beyond names, dtypes and shapes (computed once)
+        self._labels = feed_rules(graph)
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """The graph's outputs for ``feeds`` (input name -> array), checked first.
+    def run(self, feeds: Mapping[str, Any], poison: bool | None = None
+            ) -> dict[str, np.ndarray]:
+        """The graph's outputs for ``feeds`` (input name -> array), checked first; every
+        call returns arrays of its own.
 
         Safe to call from several threads at once, on every target: calls never share
         scratch memory (each thread has its own workspace) and give the same results as
-        the same calls made one after another."""
+        the same calls made one after another. ``poison`` (default :data:`POISON`): fill
+        the outputs with NaN before computing them, so one the code forgets stays NaN
+        (for validation; the targets that allocate outputs fresh ignore it)."""
         return self._run(check_feeds(self.graph, feeds, self._labels, self.wide_floats))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -53,15 +65,56 @@ def label_inputs(graph: Graph) -> dict[str, int]:
     return out
 
 
-def check_feeds(graph: Graph, feeds: Mapping[str, Any], labels: dict[str, int] | None = None,
+@dataclass(frozen=True)
+class FeedRules:
+    """What a graph's ops require of its feeds beyond names, dtypes and shapes."""
+
+    #: class-label inputs and their class count: every label in [0, classes)
+    labels: dict[str, int] = field(default_factory=dict)
+    #: "count" inputs (Adam's ``step``): every value ≥ 0
+    counts: frozenset[str] = frozenset()
+    #: a training graph: its symbolic (batch) dims must not be 0
+    training: bool = False
+
+
+def feed_rules(graph: Graph) -> FeedRules:
+    inputs = {v.name for v in graph.inputs}
+    counts = {v.name for n in graph.nodes for i, v in enumerate(n.inputs)
+              if v.name in inputs and get_op(n.op).domain(i) == "count"}
+    return FeedRules(label_inputs(graph), frozenset(counts),
+                     graph.meta.get("lincompile.role") == "training")
+
+
+def _scalar(name: str, a: Any, dtype: str) -> np.ndarray:
+    """A Python number fed to a scalar input, as that input's dtype, exactly or not at all."""
+    if isinstance(a, bool):
+        raise FeedError(f"feed '{name}' is {a}, expected a {dtype} number")
+    if isinstance(a, float) and dtype == "int64":
+        raise FeedError(f"feed '{name}' is the float {a!r}, expected an integer (int64)")
+    try:
+        return np.array(a, dtype=dtype)
+    except OverflowError:
+        raise FeedError(f"feed '{name}' is {a}, outside the range of {dtype}") from None
+
+
+def check_feeds(graph: Graph, feeds: Mapping[str, Any],
+                labels: FeedRules | Mapping[str, int] | None = None,
                 wide_floats: bool = False) -> dict[str, np.ndarray]:
     """Check names, dtypes and shapes of ``feeds`` against the graph inputs; bind symbolic
-    dims consistently. Returns C-contiguous arrays (copies only where needed).
+    dims consistently; check what the ops require of the values (:class:`FeedRules`,
+    computed from the graph when not given: class labels in range, counts ≥ 0, no empty
+    batch in a training step). Returns C-contiguous arrays (copies only where needed).
     ``wide_floats`` also takes float64 arrays for float32 inputs, as they are."""
+    if not isinstance(labels, FeedRules):
+        rules = feed_rules(graph)
+        if labels is not None:
+            rules = FeedRules(dict(labels), rules.counts, rules.training)
+    else:
+        rules = labels
     if not isinstance(feeds, Mapping):
         raise FeedError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
     want = {v.name: v for v in graph.inputs}
-    unknown = sorted(set(feeds) - set(want))
+    unknown = sorted(set(feeds) - set(want), key=repr)   # keys need not be str
     if unknown:
         raise FeedError(f"unknown feed(s) {unknown} for graph '{graph.name}'; its inputs are "
                         f"{list(want)}")
@@ -74,7 +127,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], labels: dict[str, int] |
     for name, v in want.items():
         a = feeds[name]
         if isinstance(a, (bool, int, float)) and v.shape == ():
-            a = np.array(a, dtype=v.dtype)  # Python scalars take the input's dtype
+            a = _scalar(name, a, v.dtype)  # Python scalars take the input's dtype
         a = np.asarray(a)
         if str(a.dtype) != v.dtype and not (wide_floats and v.dtype == "float32"
                                             and a.dtype == np.float64):
@@ -92,7 +145,28 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], labels: dict[str, int] |
                 if seen[0] != n:
                     raise FeedError(f"feed '{name}' has {d}={n} but feed '{seen[1]}' has "
                                     f"{d}={seen[0]}")
-        if labels and name in labels and a.size and (a.min() < 0 or a.max() >= labels[name]):
-            raise FeedError(f"feed '{name}' holds class labels outside [0, {labels[name]})")
+                if n == 0 and rules.training:
+                    raise FeedError(f"feed '{name}' has {d}=0: a training step needs at least "
+                                    "one example (the mean loss of an empty batch is "
+                                    "undefined); skip empty batches")
+        check_values(name, a, rules)
         out[name] = np.asarray(a, order="C")
+    if dims:   # the ops may tie a symbolic dim to a fixed one or to another
+        try:
+            graph.check_dims({d: n for d, (n, _) in dims.items()})
+        except ShapeError as e:
+            raise FeedError(f"feeds do not fit graph '{graph.name}': {e}") from None
     return out
+
+
+def check_values(name: str, a: np.ndarray, rules: FeedRules) -> None:
+    """What :func:`check_feeds` requires of a feed's values (not only of its dtype and
+    shape): class labels in range, counts ≥ 0. Executables that skip the other checks for
+    a feed signature they have already accepted still run this on every call."""
+    if name in rules.labels and a.size and (a.min() < 0 or a.max() >= rules.labels[name]):
+        raise FeedError(f"feed '{name}' holds class labels outside "
+                        f"[0, {rules.labels[name]})")
+    if name in rules.counts and a.size and not 0 <= a.min() <= a.max() < 2**62:
+        bad = a.min() if a.min() < 0 else a.max()
+        raise FeedError(f"feed '{name}' is a count (updates already made) and must lie in "
+                        f"[0, 2^62), got {bad}")

@@ -37,6 +37,7 @@ ENTRY = re.compile(r"[0-9a-f]{32}")
 FAILED = re.compile(r"failed-[0-9a-f]{32}")
 BUILDING = re.compile(r"\.[0-9a-f]{32}-.+")
 JINJA = "jinja"   # compiled templates (see render.py)
+TUNE = "tune"     # measured GEMM thresholds (see c_tune.py)
 
 _fallback: dict[Path, Path] = {}   # unwritable cache -> the private one used instead
 _fallback_lock = threading.Lock()
@@ -57,6 +58,12 @@ def bytecode_dir() -> str | None:
     except OSError:
         return None
     return str(d) if os.access(d, os.W_OK) else None
+
+
+def tune_dir() -> Path:
+    """Where measured tuning choices are kept: the cache's ``tune`` folder (in the private
+    cache when the configured one cannot be written)."""
+    return _fallback.get(cache_dir(), cache_dir()) / TUNE
 
 
 def warn(message: str) -> None:
@@ -247,7 +254,8 @@ def _ours(root: Path) -> list[Path]:
     except OSError:
         return []
     return [root / n for n in names
-            if ENTRY.fullmatch(n) or FAILED.fullmatch(n) or BUILDING.fullmatch(n) or n == JINJA]
+            if ENTRY.fullmatch(n) or FAILED.fullmatch(n) or BUILDING.fullmatch(n)
+            or n in (JINJA, TUNE)]
 
 
 def _size(path: Path) -> int:

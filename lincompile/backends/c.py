@@ -13,26 +13,40 @@ with; :func:`write_c_sources` writes that pair plus a Makefile for use outside P
 from __future__ import annotations
 
 import ctypes
+import math
+import os
+import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .. import __version__
 from ..errors import CompileError, FeedError
+from ..files import refuse_foreign, write_texts
 from ..ir import Graph, Value
-from .base import Executable
+from . import base
+from .base import Executable, check_feeds, check_values
 from .build import build, bytecode_dir, cc_line, load_library
-from .c_kernels import Context, CStep, emit, gemm_dims, gemm_routine, lower
+from .c_kernels import (
+    BatchLimit,
+    Context,
+    CStep,
+    emit,
+    gemm_dims,
+    gemm_limits,
+    gemm_routine,
+    lower,
+)
+from .c_tiles import TILES, gemm_tiles
 from .plan import Plan, Size, make_plan
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
 
 DEFAULT_CFLAGS = ("-O3", "-march=native", "-std=c99")
-#: GEMM register/cache tiles (templates/c/gemm.c.j2), tuned on Zen 4 / AVX-512 with gcc 12.
-#: direct_max_m: nn/tn products with at most this many rows read B in place (no copy).
-TILES = {"mr": 6, "nr": 64, "kc": 512, "mc": 1536, "nc": 192, "direct_max_m": 256}
 ACT_OPS = ("relu", "sigmoid", "tanh")
 #: OpenMP threads a generated C library may use inside one call
 MAX_THREADS = 1024
@@ -41,6 +55,15 @@ MAX_THREADS = 1024
 MAX_WORKSPACE = 2**62
 #: a C ``long``: the largest batch N that the entry points can be passed
 LONG_MAX = 2**63 - 1
+
+
+def default_threads() -> int:
+    """The cores this process may run on (its CPU affinity), at most :data:`MAX_THREADS`."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_THREADS))
 
 
 def check_threads(threads: object) -> int:
@@ -109,6 +132,7 @@ class _Source:
                  threads: int, init: bool = False):
         self.prefix = c_ident(prefix)
         self.cflags, self.threads = list(cflags), check_threads(threads)
+        self._tiles: dict[str, int] | None = None
         self.bytecode = bytecode_dir()
         self.consts: dict[tuple, dict] = {}   # (dtype, bytes) -> template view of a param
         self.entries = [self._entry(c_ident(name, "entry name"), g, init)
@@ -166,8 +190,9 @@ class _Source:
             s.c() for s in plan.slots]
         text = self._text(name, graph, plan, ptr, init, layout=layout, decls=decls, steps=body)
         # at most this many pack bytes, whatever the product (gemm.c.j2's lc_gemm_pack_floats)
-        k = TILES["kc"]
-        most = 4 * self.threads * (-(-TILES["mc"] * k // 16) + -(-TILES["nc"] * k // 16)) * 16
+        t = self.tiles() if base else TILES
+        k = t["kc"]
+        most = 4 * self.threads * (-(-t["mc"] * k // 16) + -(-t["nc"] * k // 16)) * 16
         return Entry(name, graph, steps, plan, params, text,
                      max_batch(graph, plan.slots, most + 64 if base else 0))
 
@@ -250,6 +275,12 @@ class _Source:
         return self.consts[key]["id"]
 
     # -------------------------------------------------------------------- files
+    def tiles(self) -> dict[str, int]:
+        """The GEMM tiles for these flags on this host (:func:`.c_tiles.gemm_tiles`)."""
+        if self._tiles is None:
+            self._tiles = gemm_tiles(self.cflags)
+        return self._tiles
+
     def max_n(self) -> int | None:
         """The largest batch every entry's workspace fits (None: any ``long``): above it
         ``<prefix>_workspace_size`` returns SIZE_MAX instead of a wrapped size."""
@@ -264,7 +295,7 @@ class _Source:
                   "cc_line": " ".join(cc_line(self.cflags)),
                   "what": " and ".join(e.text["what"] for e in self.entries),
                   "entries": [e.text for e in self.entries]}
-        gemm = render("c/gemm.c.j2", self.bytecode, **TILES) if uses("lc_gemm") else ""
+        gemm = render("c/gemm.c.j2", self.bytecode, **self.tiles()) if uses("lc_gemm") else ""
         small = render("c/small_gemm.c.j2", self.bytecode) if uses("lc_small") else ""
         dgemm = render("c/dgemm.c.j2", self.bytecode) if uses("lc_dgemm") else ""
         c = render("c/model.c.j2", self.bytecode, **common, gemm=gemm.rstrip("\n"),
@@ -278,9 +309,11 @@ class _Source:
 
 def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str = "model",
                     cflags: Sequence[str] | None = None, threads: int = 1,
-                    init: bool = True) -> list[Path]:
+                    init: bool = True, force: bool = False) -> list[Path]:
     """Write ``model.c``, ``model.h`` and a ``Makefile`` for ``graphs`` (entry name ->
     graph, e.g. ``{"forward": model, "train_step": training_graph(model, ...)}``).
+    Files of those names already in ``outdir`` are replaced only if lincompile wrote them
+    (or with ``force``).
 
     When a training graph is among them, the other graphs read its trainable parameters
     as inputs (same names, after their own inputs) instead of baking them in, so a C
@@ -295,7 +328,7 @@ def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str
     files["Makefile"] = render("c/Makefile.j2", None, version=__version__, file="model.c",
                                header="model.h", lib="libmodel.so", obj="model.o",
                                cflags=" ".join(cflags))
-    return write_files(files, outdir)
+    return write_files(files, outdir, force)
 
 
 def share_trained(graphs: Mapping[str, Graph]) -> dict[str, Graph]:
@@ -309,13 +342,27 @@ def share_trained(graphs: Mapping[str, Graph]) -> dict[str, Graph]:
             for name, g in graphs.items()}
 
 
-def write_files(files: Mapping[str, str], outdir: str | Path) -> list[Path]:
-    """Write each ``name -> text`` into ``outdir`` (made if needed); the paths written."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out / name).write_text(text)
-    return [out / name for name in files]
+def write_files(files: Mapping[str, str], outdir: str | Path, force: bool = False
+                ) -> list[Path]:
+    """Write each ``name -> text`` into ``outdir`` (made if needed); the paths written.
+
+    A file already there is replaced only if lincompile generated it (its header line says
+    so), or with ``force``; each file is written under a temporary name and renamed into
+    place, so an interrupted run never leaves a half-written one.
+    """
+    refuse_foreign((Path(outdir) / name for name in files
+                    if not _holds(Path(outdir) / name, files[name])), force)
+    return write_texts(dict(files), outdir)
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether ``path`` already holds exactly ``text`` (replacing it loses nothing)."""
+    try:
+        return isinstance(text, str) and path.is_file() \
+            and path.stat().st_size == len(text.encode()) \
+            and path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def params_as_inputs(graph: Graph, names: Sequence[str]) -> Graph:
@@ -389,6 +436,8 @@ class CExecutable(Executable):
         self._what = f"graph '{graph.name}' on target {self.target}"
         self._ws = Workspaces(self.workspace_size, 64, self._what)
         self._sym = batch_symbol(graph)
+        self._limit = BatchLimit(gemm_limits(entry.steps), self.target)
+        self._local = threading.local()   # .call: this thread's _Call (its last batch size)
 
     def source(self) -> str:
         """The generated C file."""
@@ -408,21 +457,35 @@ class CExecutable(Executable):
         for v in self.graph.inputs:
             for d, n in zip(v.shape, np.shape(feeds[v.name])):
                 if isinstance(d, str):
-                    return int(n)
+                    return self._limit.check(int(n))
         return 0
 
+    def run(self, feeds: Mapping[str, Any], poison: bool | None = None
+            ) -> dict[str, np.ndarray]:
+        """The outputs for ``feeds``, computed by one call of the generated entry point.
+
+        Every feed is checked (names, dtypes, shapes, label ranges); once a thread has
+        accepted feeds of some dtypes and shapes, later calls with the same ones skip the
+        re-derivation and keep only the checks that depend on the values. Outputs are
+        arrays of their own: a buffer handed out earlier is used again only once the caller
+        holds no reference to it (else a new one is allocated), so no two results share
+        memory. ``poison`` (default: :data:`.base.POISON`) fills them with NaN first."""
+        if poison is None:
+            poison = base.POISON
+        call = getattr(self._local, "call", None)
+        if call is not None and not poison:
+            got = call.fast(feeds)
+            if got is not None:
+                return got
+        checked = check_feeds(self.graph, feeds, self._labels, self.wide_floats)
+        n = self.batch(checked)
+        if call is None or call.n != n:
+            call = self._local.call = _Call(self, n)
+        call.accept(checked)
+        return call.slow(checked, poison)
+
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = self.batch(feeds)
-        ws = self.workspace(n)   # first: refuses a batch too large before allocating outputs
-        ins = [np.require(feeds[v.name], requirements=["C", "A"]) for v in self.graph.inputs]
-        outs = {}
-        for v in self.graph.outputs:   # poisoned: an output the code forgets stays NaN
-            shape = tuple(n if isinstance(d, str) else d for d in v.shape)
-            outs[v.name] = np.full(shape, np.nan if v.dtype != "int64" else np.iinfo(
-                np.int64).min, v.dtype)
-        self._fn(n, *(a.ctypes.data for a in ins),
-                 *(outs[v.name].ctypes.data for v in self.graph.outputs), ws)
-        return outs
+        return self.run(feeds, poison=True)
 
     def bind(self, feeds: Mapping[str, np.ndarray], inplace: bool = True) -> Bound:
         """Buffers for repeated runs at one batch size: ``bound()`` is one ctypes call on
@@ -434,12 +497,166 @@ class CExecutable(Executable):
         return Bound(self, feeds, inplace)
 
 
+class _Call:
+    """One thread's fast path of :meth:`CExecutable.run` at one batch size ``n``: the feed
+    signature it last accepted (shapes, dtypes, strides), the workspace address, scalar
+    feeds copied into buffers of its own, input addresses remembered per array object
+    (weakly), and output buffers used again once their caller has let go of them."""
+
+    POOL = 3   # output buffers kept per output (a training loop holds the last one or two)
+
+    def __init__(self, exe: CExecutable, n: int):
+        g = exe.graph
+        self.exe, self.n, self.fn = exe, n, exe._fn
+        self.ws = exe.workspace(n)   # refuses a batch too large, before anything else
+        self.names, self.out_names = exe.input_names, exe.output_names
+        self.shapes: list | None = None   # of the feeds accepted at this n (+ dtypes, strides)
+        self.dtypes: list = []
+        self.strides: list = []
+        self.addr: dict[int, tuple[weakref.ref, int]] = {}
+        self.scalars = []   # (index, buffer, Python number types taken as they are, dtype)
+        for i, v in enumerate(g.inputs):
+            if v.shape == ():
+                buf = np.zeros((), v.dtype)
+                self._remember(buf)
+                self.scalars.append((i, buf, (int,) if v.dtype == "int64" else (float, int),
+                                     buf.dtype))
+        rules = exe._labels
+        self.labels = [(i, v.name, rules.labels[v.name]) for i, v in enumerate(g.inputs)
+                       if v.name in rules.labels]
+        self.counts = [(i, v.name) for i, v in enumerate(g.inputs) if v.name in rules.counts]
+        self.guards = _label_guards(g, [name for _, name, _ in self.labels])
+        self.outputs = [([], tuple(n if isinstance(d, str) else d for d in v.shape),
+                         np.dtype(v.dtype)) for v in g.outputs]
+
+    def accept(self, checked: dict[str, np.ndarray]) -> None:
+        """Remember the signature of feeds that passed every check."""
+        arrays = [checked[k] for k in self.names]
+        self.dtypes = [a.dtype for a in arrays]
+        self.strides = [a.strides for a in arrays]
+        self.shapes = [a.shape for a in arrays]
+
+    def fast(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+        """The outputs, if ``feeds`` have the signature accepted last (else None: take the
+        checked path). Value checks run here as in :func:`.base.check_feeds`."""
+        names = self.names
+        if self.shapes is None or len(feeds) != len(names):
+            return None
+        try:
+            arrays = [feeds[k] for k in names]
+            for i, buf, numbers, dt in self.scalars:   # numbers, 0-d arrays, numpy scalars
+                a = arrays[i]
+                if type(a) not in numbers and (a.dtype is not dt or a.shape != ()):
+                    return None
+                buf[()] = a
+                arrays[i] = buf
+            if [a.shape for a in arrays] != self.shapes or \
+                    [a.dtype for a in arrays] != self.dtypes or \
+                    [a.strides for a in arrays] != self.strides:
+                return None
+        except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
+            return None   # the checked path says what is wrong, if anything
+        for i, name in self.counts:   # Adam's step: a scalar, cheap to look at each time
+            check_values(name, arrays[i], self.exe._labels)
+        if self.guards is None:
+            self._check_labels(arrays)
+        addr, ins = self.addr, []
+        for a in arrays:
+            hit = addr.get(id(a))
+            ptr = hit[1] if hit is not None and hit[0]() is a else self._remember(a)
+            if ptr is None:
+                return None   # not aligned: the checked path copies it
+            ins.append(ptr)
+        outs = self._call(ins, False)
+        if self.guards is not None:   # a bad label makes its loss NaN: look only then
+            for name in self.guards:
+                if not math.isfinite(outs[name]):
+                    self._check_labels(arrays)
+        return outs
+
+    def _check_labels(self, arrays: list[np.ndarray]) -> None:
+        for i, name, classes in self.labels:
+            a = arrays[i]
+            if a.size and (a.min() < 0 or a.max() >= classes):
+                check_values(name, a, self.exe._labels)   # raises, with the message
+
+    def slow(self, checked: dict[str, np.ndarray], poison: bool) -> dict[str, np.ndarray]:
+        """The outputs for feeds that :func:`.base.check_feeds` has just returned."""
+        arrays = [np.require(checked[k], requirements=["C", "A"]) for k in self.names]
+        return self._call([a.ctypes.data for a in arrays], poison)
+
+    def _remember(self, a: np.ndarray) -> int | None:
+        """The address of ``a`` (None if it is not aligned), remembered while ``a`` lives."""
+        ptr = a.ctypes.data
+        if ptr % a.dtype.alignment:
+            return None
+        if len(self.addr) > 64:
+            self.addr.clear()
+            for _, buf, _, _ in self.scalars:
+                self._remember(buf)
+        self.addr[id(a)] = (weakref.ref(a), ptr)
+        return ptr
+
+    def _call(self, ins: list[int], poison: bool) -> dict[str, np.ndarray]:
+        """Call the entry point on input addresses ``ins`` (their arrays held by the
+        caller) and return the outputs."""
+        outs, ptrs, free, refs = [], [], _FREE, sys.getrefcount
+        for pool, shape, dt in self.outputs:
+            if poison:
+                a = np.full(shape, np.iinfo(np.int64).min if dt == np.int64 else np.nan, dt)
+                outs.append(a)
+                ptrs.append(a.ctypes.data)
+                continue
+            for entry in pool:   # a buffer nobody but the pool holds any more
+                if refs(entry[0]) == free:
+                    break
+            else:
+                a = np.empty(shape, dt)
+                entry = (a, a.ctypes.data)
+                if len(pool) < self.POOL:
+                    pool.append(entry)
+            outs.append(entry[0])
+            ptrs.append(entry[1])
+        self.fn(self.n, *ins, *ptrs, self.ws)
+        return dict(zip(self.out_names, outs))
+
+
+def _label_guards(graph: Graph, labels: list[str]) -> list[str] | None:
+    """Outputs that are NaN whenever a class label in ``labels`` is out of range (the mean
+    cross-entropy reading it; the generated code makes a bad label's loss NaN), or None
+    if some label has no such output: then labels are checked before every call, not
+    only when a loss comes back NaN."""
+    outs = {v.name for v in graph.outputs}
+    guard = {n.inputs[1].name: n.outputs[0].name for n in graph.nodes
+             if n.op == "softmax_cross_entropy" and n.outputs[0].name in outs}
+    if not labels or any(name not in guard for name in labels):
+        return None
+    return sorted({guard[name] for name in labels})
+
+
+def _probe_refcount() -> int | None:
+    """What ``sys.getrefcount(entry[0])`` says, in :meth:`_Call._call`'s loop, of a buffer
+    that only its pool entry holds; None when this interpreter's counts cannot tell a
+    held buffer from a free one (then no buffer is reused: every call allocates)."""
+    if getattr(sys, "_is_gil_enabled", lambda: True)() is False:
+        return None   # free-threaded: reference counts are deferred
+    refs = sys.getrefcount
+    for entry in [(np.empty(1), 0)]:
+        free = refs(entry[0])
+        held = entry[0]
+        ok = refs(entry[0]) == free + 1
+        del held
+        return free if ok and refs(entry[0]) == free else None
+    return None
+
+
+_FREE = _probe_refcount()
+
+
 class Bound:
     """Pre-bound buffers of a :class:`CExecutable` (see :meth:`CExecutable.bind`)."""
 
     def __init__(self, exe: CExecutable, feeds: Mapping[str, np.ndarray], inplace: bool):
-        from .base import check_feeds
-
         g = exe.graph
         feeds = check_feeds(g, feeds, exe._labels)
         self.n = n = exe.batch(feeds)
@@ -463,15 +680,16 @@ class Bound:
         self._call(*self._args)
 
 
-def compile(graph: Graph, threads: int = 1, cflags: Sequence[str] | None = None,
+def compile(graph: Graph, threads: int | None = None, cflags: Sequence[str] | None = None,
             prefix: str = "model") -> CExecutable:
     """Generate, build (or fetch from the cache) and load the C code of ``graph``.
 
-    ``cflags`` replaces the default ``-O3 -march=native -std=c99``; ``threads`` (1 to 1024)
-    above 1 adds ``-fopenmp`` and runs the GEMMs on that many threads (results identical
-    to 1 thread). The executable may be called from several threads at once.
+    ``cflags`` replaces the default ``-O3 -march=native -std=c99``; ``threads`` (1 to 1024;
+    default: the cores this process may run on, as onnxruntime does) above 1 adds
+    ``-fopenmp`` and runs the GEMMs on that many threads (results identical to 1 thread).
+    The executable may be called from several threads at once.
     """
-    threads = check_threads(threads)
+    threads = check_threads(default_threads() if threads is None else threads)
     flags = list(DEFAULT_CFLAGS if cflags is None else cflags)
     if threads > 1 and "-fopenmp" not in flags:
         flags.append("-fopenmp")

@@ -7,14 +7,20 @@ Decisions made here:
 - a ``linear`` whose only reader is a relu/sigmoid/tanh, and whose output is not a graph
   output, runs the activation in the GEMM epilogue and never stores the pre-activation
   (activation gradients read the activation's *output*, so training graphs fuse too);
+  leaky_relu, gelu and silu (whose gradients read the input) run as kernels of their own;
+- a ``[*, C]`` operand of a product is the matrix of its rows (leading dims flattened);
 - ``flatten``/``reshape``/``identity`` are views (no code) unless they make a graph output;
 - a weight gradient ``dW = dYᵀ·X`` read only by a plain SGD update (no momentum, no decay)
-  is accumulated straight into ``P.next`` by the GEMM (``beta = 1, alpha = −lr``), at the
-  update's place in the schedule, so ``dW`` never goes to memory;
+  is accumulated straight into ``P.next`` by the GEMM (``beta = 1, alpha = −lr``, starting
+  from ``P`` where ``P.next`` is another buffer), at the update's place in the schedule, so
+  ``dW`` never goes to memory;
 - outputs at most 16 columns wide (classifier heads) use a dot-product kernel instead of
   the 64-wide register tile;
 - broadcasting loops are merged to the fewest dims with unit or zero strides, so the inner
-  loop vectorizes; reductions accumulate in double in a scratch buffer.
+  loop vectorizes; reductions accumulate in double in a scratch buffer;
+- sizes and indices are ``size_t`` (products of dims pass 2^31 easily); only the GEMMs take
+  single dims as C ``int``: a fixed one above :data:`MAX_GEMM_DIM` is a CompileError, a batch
+  above it a FeedError at run time (:class:`BatchLimit`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import CompileError
+from ..errors import CompileError, FeedError
 from ..ir import Graph, Node, Value
 from ..ops import get_op
 from .plan import Size
@@ -30,10 +36,13 @@ from .render import CTYPES, Lang, c_comment, c_literal, render
 
 ACTS = {"relu": 1, "sigmoid": 2, "tanh": 3}
 VIEWS = ("flatten", "reshape", "identity")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "onnx_momentum", "onnx_adam")
 #: GEMM routine per (trans_a, trans_b): nt is X·Wᵀ, nn is dY·W, tn is dYᵀ·X.
 GEMMS = {(False, True): "nt", (False, False): "nn", (True, False): "tn", (True, True): "tt"}
 SMALL_N = 16   # at most this many output columns: lc_small_nt rather than the tiled GEMM
+#: The largest single dimension a GEMM takes (C and CUDA): M, N, K and the leading dims are
+#: C ints, and the tile arithmetic adds at most one tile (< 2^16) to a dimension.
+MAX_GEMM_DIM = 2**31 - 1 - 0xFFFF
 
 
 @dataclass(eq=False)
@@ -97,7 +106,14 @@ def lower(graph: Graph) -> list[CStep]:
         if n.op == "reduce_sum":
             step.scratch = [Size.of_shape(y.shape) * Size(8)]
         steps.append(step)
-    return _fuse_sgd(steps, readers, outputs)
+    steps = _fuse_sgd(steps, readers, outputs)
+    for s in steps:
+        for v, d in gemm_operand_dims(s):
+            if d.power == 0 and d.coef > MAX_GEMM_DIM:
+                raise CompileError(f"node '{product(s)[0].name}': tensor '{v.name}' has a "
+                                   f"dimension of {d.coef}; matrix products take dimensions up to "
+                                   f"{MAX_GEMM_DIM}")
+    return steps
 
 
 def _fuse_sgd(steps: list[CStep], readers: dict, outputs: set[str]) -> list[CStep]:
@@ -169,8 +185,11 @@ def _n(v: Value) -> str:
     return Size.of_shape(v.shape).c()
 
 
-def _int(d) -> str:
-    return str(d) if isinstance(d, int) else "(int)bn"
+def _int(s: Size) -> str:
+    """A single dimension (a Size) as a GEMM's int argument (the batch is checked against
+    :data:`MAX_GEMM_DIM` before every run, so the cast never wraps)."""
+    text = s.c()
+    return text if s.power == 0 else f"(int){text}" if text.isidentifier() else f"(int)({text})"
 
 
 def _common(v: Value, ctx: Context) -> dict[str, str]:
@@ -192,7 +211,7 @@ def gemm_routine(step: CStep) -> str | None:
     if step.kernel not in ("linear", "matmul", "sgd_gemm"):
         return None
     n, ta, tb = product(step)
-    cols = n.inputs[1].shape[0] if tb else n.inputs[1].shape[1]
+    cols = n.inputs[1].shape[0] if tb else n.inputs[1].shape[-1]
     if n.outputs[0].dtype == "float64":
         return "lc_dgemm_" + GEMMS[ta, tb]
     if (ta, tb) == (False, True) and isinstance(cols, int) and cols <= SMALL_N:
@@ -200,13 +219,33 @@ def gemm_routine(step: CStep) -> str | None:
     return "lc_gemm_" + GEMMS[ta, tb]
 
 
-def gemm_dims(step: CStep) -> tuple[str, str, str]:
-    """M, N, K of the product a GEMM step computes, as C int expressions (batch: ``bn``);
-    the workspace planner sizes the GEMM pack area from them."""
+def _mnk(step: CStep) -> tuple:
     n, ta, tb = product(step)
-    a, b = n.inputs[0].shape, n.inputs[1].shape
-    m, k = (a[1], a[0]) if ta else (a[0], a[1])
-    return _int(m), _int(b[0] if tb else b[1]), _int(k)
+    a, b = _matrix(n.inputs[0].shape), _matrix(n.inputs[1].shape)
+    m, k = (a[1], a[0]) if ta else a
+    return m, b[0] if tb else b[1], k
+
+
+def _matrix(shape) -> tuple[Size, Size]:
+    """A ``[*, C]`` operand as the matrix of its rows (leading dims flattened, a view):
+    its rows and columns."""
+    return Size.of_shape(shape[:-1]), Size.of_shape(shape[-1:])
+
+
+def gemm_dims(step: CStep) -> tuple[str, str, str]:
+    """M, N, K of the product a GEMM step computes, as C expressions (batch: ``bn``, a
+    size_t); the workspace planner sizes the GEMM pack area from them."""
+    m, n, k = _mnk(step)
+    return m.c(), n.c(), k.c()
+
+
+def gemm_operand_dims(step: CStep) -> list[tuple[Value, Size]]:
+    """Every dimension a GEMM step hands its routine as an int — rows and columns of each
+    operand seen as a matrix — (none for other steps)."""
+    if step.kernel not in ("linear", "matmul", "sgd_gemm"):
+        return []
+    n = product(step)[0]
+    return [(v, d) for v in (*n.inputs[:2], n.outputs[0]) for d in _matrix(v.shape)]
 
 
 def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
@@ -215,12 +254,13 @@ def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
     a, b = n.inputs[0], n.inputs[1]
     y = n.outputs[0] if step.grad else step.outputs[0]
     bias = p(n.inputs[2]) if n.op == "linear" and len(n.inputs) > 2 else "NULL"
-    m, cols, k = gemm_dims(step)
+    m, cols, k = (_int(d) for d in _mnk(step))
     ct = CTYPES[y.dtype]
     gemm = gemm_routine(step)
     d = {"gemm": gemm, "m": m, "n": cols, "k": k,
          "alpha": c_literal(1, ct), "beta": c_literal(0, ct),
-         "a": p(a), "lda": _int(a.shape[1]), "b": p(b), "ldb": _int(b.shape[1]),
+         "a": p(a), "lda": _int(_matrix(a.shape)[1]), "b": p(b),
+         "ldb": _int(_matrix(b.shape)[1]),
          "c": p(y) if not step.grad else "", "ldc": cols, "bias": bias,
          "act": str(ACTS[step.act.op]) if step.act else "0",
          "pack": "pack" if gemm.startswith("lc_gemm") else "NULL",
@@ -229,7 +269,7 @@ def _gemm(step: CStep, ctx: Context) -> dict[str, str]:
         pn, param, lr = step.outputs[0], step.node.inputs[0], step.node.inputs[-1]
         size = Size.of_shape(pn.shape) * Size(ct.itemsize)
         d.update(alpha=f"-{p(lr)}[0]", beta=c_literal(1, ct), c=p(pn), p=p(param),
-                 bytes=size.c())
+                 bytes=size.c(), from_=gemm.startswith("lc_gemm"))
     return d
 
 
@@ -330,9 +370,144 @@ def _adam(step: CStep, ctx: Context) -> dict[str, str]:
             "beta1": c_literal(a["beta1"], dbl), "beta2": c_literal(a["beta2"], dbl),
             "b1": c_literal(a["beta1"], ct), "b2": c_literal(a["beta2"], ct),
             "one_b1": c_literal(1 - a["beta1"], ct), "one_b2": c_literal(1 - a["beta2"], ct),
+            "lerp_small": abs(1 - a["beta1"]) < 0.5,   # the branch torch.lerp takes
             "eps": c_literal(a["eps"], ct),
             "wd": c_literal(a["weight_decay"], ct) if a["weight_decay"] else "",
             "wd_d": c_literal(a["weight_decay"], dbl)}
+
+
+def _adagrad(step: CStep, ctx: Context) -> dict[str, str]:
+    a = step.node.attrs
+    p, g, h, stepv, lr = step.inputs
+    ct = CTYPES[p.dtype]
+    return {**_common(p, ctx), "p": ctx.ptr(p), "g": ctx.ptr(g), "h": ctx.ptr(h),
+            "step": ctx.ptr(stepv), "lr": ctx.ptr(lr), "p_next": ctx.ptr(step.outputs[0]),
+            "h_next": ctx.ptr(step.outputs[1]),
+            "lr_decay": c_literal(a["lr_decay"], CTYPES["float64"]),
+            "wd": c_literal(a["weight_decay"], ct) if a["weight_decay"] else "",
+            "eps": c_literal(a["eps"], ct)}
+
+
+def _onnx_momentum(step: CStep, ctx: Context) -> dict[str, str]:
+    a = step.node.attrs
+    x, g, v, t, r = step.inputs
+    ct = CTYPES[x.dtype]
+    return {**_common(x, ctx), "x": ctx.ptr(x), "g": ctx.ptr(g), "v": ctx.ptr(v),
+            "t": ctx.ptr(t), "r": ctx.ptr(r), "x_next": ctx.ptr(step.outputs[0]),
+            "v_next": ctx.ptr(step.outputs[1]), "nesterov": bool(a["nesterov"]),
+            "nc": c_literal(a["norm_coefficient"], ct), "alpha": c_literal(a["alpha"], ct),
+            "beta": c_literal(a["beta"], ct)}
+
+
+def _onnx_adam(step: CStep, ctx: Context) -> dict[str, str]:
+    a = step.node.attrs
+    x, g, v, h, t, r = step.inputs
+    ct, dbl = CTYPES[x.dtype], CTYPES["float64"]
+    xn, vn, hn = (ctx.ptr(o) for o in step.outputs)
+    return {**_common(x, ctx), "x": ctx.ptr(x), "g": ctx.ptr(g), "v": ctx.ptr(v),
+            "h": ctx.ptr(h), "t": ctx.ptr(t), "r": ctx.ptr(r), "x_next": xn, "v_next": vn,
+            "h_next": hn, "nc": c_literal(a["norm_coefficient"], ct),
+            "alpha": c_literal(a["alpha"], ct), "beta": c_literal(a["beta"], ct),
+            "one_alpha": c_literal(1 - a["alpha"], ct), "one_beta": c_literal(1 - a["beta"], ct),
+            "alpha_d": c_literal(a["alpha"], dbl), "beta_d": c_literal(a["beta"], dbl),
+            "eps": c_literal(a["epsilon"], ct),
+            "keep": c_literal(1 - a["norm_coefficient_post"], ct)}
+
+
+def _pointwise(step: CStep, ctx: Context) -> dict[str, str]:
+    """leaky_relu, gelu, silu and their gradients (which read dOut and the input x)."""
+    from ..ops.activations import K_ALPHA, K_BETA, K_KAPPA, SQRT1_2
+
+    a = step.node.attrs
+    *dy, x = step.inputs
+    y = step.outputs[0]
+    ct = CTYPES[y.dtype]
+    d = {**_common(y, ctx), "op": step.node.op, "x": ctx.ptr(x),
+         "tanh": a.get("approximate") == "tanh",
+         "alpha": c_literal(a.get("alpha", 0), ct), "half": c_literal(0.5, ct),
+         "sqrt1_2": c_literal(SQRT1_2, ct), "beta": c_literal(K_BETA, ct),
+         "kappa": c_literal(K_KAPPA, ct), "kappa3": c_literal(3 * K_KAPPA, ct),
+         "k_alpha": c_literal(K_ALPHA, ct)}
+    if dy:
+        return {**d, "dy": ctx.ptr(dy[0]), "dx": ctx.ptr(y)}
+    return {**d, "y": ctx.ptr(y)}
+
+
+def row_count(step: CStep) -> Size:
+    """The rows of a row-wise kernel (softmax, layer_norm): every dim but the last."""
+    return Size.of_shape(step.outputs[0].shape[:-1])
+
+
+def _rows(step: CStep, ctx: Context) -> dict[str, str]:
+    """softmax/log_softmax, layer_norm and their gradients: one loop iteration per row."""
+    y = step.outputs[0]
+    ct = CTYPES[y.dtype]
+    d = {"T": ct.c, "sfx": ct.sfx, "op": step.node.op, "cols": Size.of_shape(y.shape[-1:]).c(),
+         "index": ctx.lang.index.format(n=row_count(step).c())}
+    names = get_op(step.node.op).inputs
+    d.update({n.rstrip("?"): ctx.ptr(v) for n, v in zip(names, step.inputs)})
+    d.setdefault("scale", "")
+    d.setdefault("bias", "")
+    if "epsilon" in step.node.attrs:
+        d["eps"] = c_literal(step.node.attrs["epsilon"], CTYPES["float64"])
+    out = "dx" if step.node.op.endswith("_grad") else "y"
+    return {**d, out: ctx.ptr(y)}
+
+
+# ------------------------------------------------------------------------ size limits
+@dataclass(frozen=True)
+class Limit:
+    """Tensor ``tensor`` may have at most ``most`` of ``size`` (elements, a monomial of the
+    batch N): what the code that computes it can index (``what`` says which code, and what
+    it takes)."""
+
+    tensor: str
+    size: Size
+    most: int
+    what: str
+
+    def max_batch(self) -> int:
+        """The largest batch N that keeps the size within the limit."""
+        c, p = self.size.coef, self.size.power
+        if c == 0 or p == 0:
+            return 2**63 - 1 if c <= self.most else -1
+        n = int((self.most / c) ** (1 / p))
+        while c * (n + 1) ** p <= self.most:
+            n += 1
+        while n > 0 and c * n**p > self.most:
+            n -= 1
+        return n
+
+
+def gemm_limits(steps: Sequence[CStep]) -> list[Limit]:
+    """Each matrix product with the batch among its dimensions (an int argument)."""
+    out = []
+    for s in steps:
+        out += [Limit(v.name, d, MAX_GEMM_DIM, f"a matrix product ('{product(s)[0].name}') "
+                      f"takes dimensions up to {MAX_GEMM_DIM}")
+                for v, d in gemm_operand_dims(s) if d.power > 0]
+    return out
+
+
+class BatchLimit:
+    """The largest batch N that generated code can take, checked before every run: a larger
+    one is a FeedError naming the tensor that limits it, never a silent wrap-around."""
+
+    def __init__(self, limits: Sequence[Limit], target: str):
+        self.target, self.limit = target, min(limits, key=Limit.max_batch, default=None)
+        self.most = self.limit.max_batch() if self.limit else 2**63 - 1
+        if self.most < 0:   # a fixed size over the limit (no batch fits)
+            raise CompileError(f"tensor '{self.limit.tensor}' is too large for target "
+                               f"'{target}': {self.limit.what}")
+
+    def check(self, n: int) -> int:
+        """``n``, or a FeedError if the code cannot take a batch that large."""
+        if n > self.most:
+            lim = self.limit
+            raise FeedError(f"batch size N={n} is too large for target '{self.target}': "
+                            f"at tensor '{lim.tensor}', {lim.what}, so N ≤ {self.most}; "
+                            "feed smaller batches")
+        return n
 
 
 KERNELS: dict[str, Callable[[CStep, Context], dict]] = {
@@ -341,6 +516,9 @@ KERNELS: dict[str, Callable[[CStep, Context], dict]] = {
     "reduce_sum": _reduce_sum, "activation": _activation, "activation_grad": _activation_grad,
     "copy": _copy, "mse": _mse, "mse_grad": _mse_grad, "softmax_cross_entropy": _sce,
     "softmax_cross_entropy_grad": _sce, "sgd": _sgd, "adam": _adam,
+    "adagrad": _adagrad, "onnx_momentum": _onnx_momentum, "onnx_adam": _onnx_adam,
+    "pointwise": _pointwise, "pointwise_grad": _pointwise,
+    "softmax": _rows, "softmax_grad": _rows, "layer_norm": _rows, "layer_norm_grad": _rows,
 }
 
 

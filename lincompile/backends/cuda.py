@@ -22,6 +22,7 @@ CompileError: the CUDA kernels are float32 (use the C backend for float64).
 from __future__ import annotations
 
 import ctypes
+import re
 import shlex
 import threading
 from collections.abc import Mapping
@@ -45,7 +46,7 @@ from .c import (
     share_trained,
     write_files,
 )
-from .c_kernels import CStep
+from .c_kernels import BatchLimit, CStep
 from .cuda_build import (
     CudaError,
     build,
@@ -58,7 +59,14 @@ from .cuda_build import (
     nvcc,
     require_device,
 )
-from .cuda_kernels import PRECISIONS, CudaContext, check_precision, emit_cuda, lower_cuda
+from .cuda_kernels import (
+    PRECISIONS,
+    CudaContext,
+    check_precision,
+    cuda_limits,
+    emit_cuda,
+    lower_cuda,
+)
 from .render import CTYPES, c_comment, render, templates_dir, wrap_args
 
 __all__ = ["PRECISIONS", "CudaError", "compile", "compile_cpu", "gpu_available",
@@ -220,15 +228,30 @@ class _CudaSource(_Source):
         return {"model.cu": cu, "model.h": h}
 
 
+#: What ``nvcc -arch`` takes from lincompile: a real or virtual architecture, nothing else
+#: (the value reaches a Makefile and a command line).
+ARCH = re.compile(r"(sm|compute)_[0-9]{2,3}[af]?")
+
+
+def check_arch(arch: object) -> str:
+    """``arch`` if it names a GPU architecture (``sm_90``, ``sm_90a``, ``compute_80``), else
+    a CompileError."""
+    if not (isinstance(arch, str) and ARCH.fullmatch(arch)):
+        raise CompileError(f"arch must look like 'sm_90' or 'compute_90' (sm_ or compute_, "
+                           f"then 2 or 3 digits), got {arch!r}")
+    return arch
+
+
 def write_cuda_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str = "model",
                        arch: str | None = None, init: bool = True,
-                       precision: str = "fp32") -> list[Path]:
+                       precision: str = "fp32", force: bool = False) -> list[Path]:
     """Write ``model.cu``, ``model.h``, a ``Makefile`` and ``cuda_cpu.h`` (for ``make cpu``;
     it also holds the tensor-core wrappers of the tf32/bf16 products) for ``graphs`` (entry
     name -> graph), like :func:`lincompile.backends.c.write_c_sources`: a training graph's
-    trainable parameters become inputs of the other graphs. ``precision`` is that of the
-    Linear products (see :func:`compile`)."""
-    arch = arch or "sm_90"
+    trainable parameters become inputs of the other graphs, and files lincompile did not
+    write are replaced only with ``force``. ``precision`` is that of the Linear products (see
+    :func:`compile`)."""
+    arch = check_arch(arch or "sm_90")
     files = _CudaSource(share_trained(graphs), prefix, arch, GPU_TILES, init,
                         precision).files()
     files["Makefile"] = render(
@@ -236,7 +259,7 @@ def write_cuda_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: 
         lib="libmodel.so", cpu_lib="libmodel_cpu.so", arch=arch,
         nvccflags=" ".join(NVCC_FLAGS), emuflags=" ".join(EMU_FLAGS[:2]))
     files["cuda_cpu.h"] = emulator_header()
-    return write_files(files, outdir)
+    return write_files(files, outdir, force)
 
 
 def emulator_header() -> str:
@@ -265,6 +288,7 @@ class _CudaExecutable(Executable):
         self._ws_size = self.lib[f"{prefix}_workspace_size"]
         self._ws_size.restype, self._ws_size.argtypes = ctypes.c_size_t, [ctypes.c_long]
         self._what = f"graph '{graph.name}' on target {self.target}"
+        self._limit = BatchLimit(cuda_limits(entry.steps), self.target)
 
     def workspace_size(self, n: int) -> int:
         """Bytes of workspace the entry point needs at batch ``n`` (a FeedError when that
@@ -280,7 +304,7 @@ class _CudaExecutable(Executable):
         for v in self.graph.inputs:
             for d, n in zip(v.shape, feeds[v.name].shape):
                 if isinstance(d, str):
-                    return int(n)
+                    return self._limit.check(int(n))
         return 0
 
     def shape(self, v: Value, n: int) -> tuple[int, ...]:
@@ -345,8 +369,8 @@ class CudaExecutable(_CudaExecutable):
             bufs = self._local.bufs = _DeviceBuffers()
         return bufs.get(name, nbytes)
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        require_device(self.entry_name)
+    def run(self, feeds: Mapping[str, Any], poison: bool | None = None) -> dict[str, Any]:
+        require_device(self.entry_name)   # (numpy outputs are always poisoned here)
         if not any(hasattr(a, "__cuda_array_interface__") for a in feeds.values()):
             return super().run(feeds)
         n, ptrs, outs, lib = self._device_args(feeds, inplace=False)
@@ -604,9 +628,7 @@ def compile(graph: Graph, arch: str | None = None, prefix: str = "model",
     the products read bf16 copies of their operands and accumulate in fp32; activations,
     master weights, optimizer state, losses and reductions stay fp32). tf32 and bf16 need
     sm_80 or newer."""
-    arch = arch or device_arch()
-    if not (isinstance(arch, str) and arch.startswith(("sm_", "compute_"))):
-        raise CompileError(f"arch must look like 'sm_90', got {arch!r}")
+    arch = check_arch(arch or device_arch())
     src = _CudaSource({entry_name(graph): graph}, prefix, arch, GPU_TILES,
                       precision=precision)
     tool = nvcc()

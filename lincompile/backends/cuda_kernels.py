@@ -6,7 +6,9 @@ Decisions made here, on top of the C backend's:
 - elementwise steps (activations and their gradients, broadcasting add/mul, broadcast_to,
   mse_grad, sgd, adam/adamw) reuse the language-neutral bodies of ``templates/c/`` rendered
   with the CUDA row of the language table (one thread per element) inside a ``__global__``
-  wrapper, ``k<step>_<op>``, whose parameters are the tensors the body touches;
+  wrapper, ``k<step>_<op>``, whose parameters are the tensors the body touches; the
+  row-wise bodies (softmax, log_softmax, layer_norm and their gradients) run one thread
+  per row, a loop over the row in double as in C;
 - the Linear products call the tiled GEMMs of ``templates/cuda/gemm.cu.j2`` (bias and
   activation fused in the epilogue as in C); the fused plain-SGD weight update accumulates
   ``−lr · dW`` into ``P.next`` with the learning rate read on the device;
@@ -24,6 +26,7 @@ Decisions made here, on top of the C backend's:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import CompileError
@@ -33,22 +36,33 @@ from .c_kernels import (
     KERNELS,
     Context,
     CStep,
+    Limit,
     _copy,
     _gemm,
     broadcast_strides,
     emit,
+    gemm_limits,
     lower,
     product,
+    row_count,
 )
 from .plan import Size
 from .render import CTYPES, CUDA, c_comment, render, wrap_args
 
 #: Steps whose body is the shared C template, run one thread per element.
 NEUTRAL = ("activation", "activation_grad", "binary", "broadcast_to", "mse_grad", "sgd", "adam")
+NEUTRAL += ("adagrad", "onnx_momentum", "onnx_adam")   # the other optimizer updates
+#: Row-wise neutral bodies (softmax, layer_norm and their gradients): one thread per row.
+ROWS = ("softmax", "softmax_grad", "layer_norm", "layer_norm_grad")
+NEUTRAL += ("pointwise", "pointwise_grad", *ROWS)
 MAX_PARTS = 256        # partial sums of the two-pass mse (LC_MAX_PARTS)
 COLSUM_CHUNKS = 64     # LC_COLSUM_MAX_CHUNKS of templates/cuda/reduce.cu.j2
 SUM_PARTIALS = 1024    # LC_SUM_MAX_PARTIALS of templates/cuda/reduce.cu.j2
 ACT_NAMES = {"0": "LC_ACT_NONE", "1": "LC_ACT_RELU", "2": "LC_ACT_SIGMOID", "3": "LC_ACT_TANH"}
+MAX_GRID = 2**31 - 1   # blocks along x of one launch
+#: Threads of a one-thread-per-element launch: MAX_GRID blocks of at least 32 threads (more
+#: elements than any GPU's memory holds).
+MAX_THREADS = MAX_GRID * 32
 
 
 def reduce_mode(step: CStep) -> tuple[str, int]:
@@ -91,6 +105,22 @@ def lower_cuda(graph: Graph, precision: str = "fp32") -> list[CStep]:
     return fuse_launches(steps)
 
 
+def cuda_limits(steps: Sequence[CStep]) -> list[Limit]:
+    """What the CUDA code of ``steps`` can index: the GEMMs' int dimensions, one thread per
+    element (elementwise kernels, generic reductions), one block per row (cross-entropy)."""
+    out = gemm_limits(steps)
+    for s in steps:
+        if s.kernel in NEUTRAL or (s.kernel == "reduce_sum" and reduce_mode(s)[0] == "generic"):
+            y = s.outputs[0]
+            out.append(Limit(y.name, Size.of_shape(y.shape), MAX_THREADS,
+                             f"a kernel with one thread per element takes up to {MAX_THREADS}"))
+        elif s.kernel in ("softmax_cross_entropy", "softmax_cross_entropy_grad"):
+            z = s.inputs[-2]
+            out.append(Limit(z.name, Size.of_shape(z.shape[:1]), MAX_GRID,
+                             f"the cross-entropy kernels take up to {MAX_GRID} rows"))
+    return out
+
+
 @dataclass
 class Emitted:
     """What one step becomes: kernel definitions (maybe none) and host statements."""
@@ -117,10 +147,6 @@ class CudaContext(Context):
 
 def _par(text: str) -> str:
     return text if text.isidentifier() or text.isdigit() else f"({text})"
-
-
-def _int(s: Size) -> str:
-    return s.c() if s.power == 0 else f"(int)({s.c()})"
 
 
 def emit_cuda(name: str, step: CStep, ctx: CudaContext) -> Emitted:
@@ -153,7 +179,7 @@ def _neutral(name: str, step: CStep, ctx: CudaContext) -> Emitted:
     written = {ctx.host_ptr(v) for v in step.outputs}
     params = [f"{'' if p in written else 'const '}{CTYPES[v.dtype].c} *{p}"
               for p, v in ctx.used.items()]
-    n = Size.of_shape(step.outputs[0].shape)
+    n = row_count(step) if step.kernel in ROWS else Size.of_shape(step.outputs[0].shape)
     device = render("cuda/kernel.cu.j2", ctx.bytecode_dir, comment=step.comment(), body=body,
                     signature=wrap_args(f"{name}(", ["size_t bn", *params])).rstrip("\n")
     host = render("cuda/launch.cu.j2", ctx.bytecode_dir, kname=name, n=n.c(),
@@ -186,7 +212,7 @@ def _reduce_sum(name: str, step: CStep, ctx: CudaContext) -> dict:
         return {**d, "n": Size.of_shape(x.shape).c(), "scratch": ctx.scratch(step, 0)}
     if mode == "colsum":
         return {**d, "rows": Size.of_shape(x.shape[:k]).c(),
-                "cols": _int(Size.of_shape(x.shape[k:])), "scratch": ctx.scratch(step, 0)}
+                "cols": Size.of_shape(x.shape[k:]).c(), "scratch": ctx.scratch(step, 0)}
     # generic: thread o walks the reduced dims of its output element, in order
     r = len(x.shape)
     axes = {a % r for a in step.node.attrs["axes"]}

@@ -2,7 +2,9 @@
 
 Reads models from ``torch.onnx.export`` (TorchScript and dynamo exporters) and every file
 lincompile itself writes (model and training graphs, with their ``lincompile.*`` local
-functions and metadata). The per-op import table is in :mod:`.onnx_ops`.
+functions and metadata). The per-op import table is in :mod:`.onnx_ops`; activations
+that older exporters write as several nodes (GELU, SiLU) are recognised first, by
+:mod:`.onnx_patterns`.
 
 >>> import lincompile as lc, onnx
 >>> from onnx import helper, numpy_helper, TensorProto
@@ -20,7 +22,8 @@ graph m(x: float32[N, 4]) -> (y: float32[N, 3])
 **Initializers** (and ``Constant`` node outputs) become:
 
 - *attributes* where an op takes them as such (Reshape's shape, ReduceSum's axes);
-- *parameters* where they are consumed as a ``linear`` weight or bias: trainable in a
+- *parameters* where they are consumed as a ``linear`` weight or bias, or a
+  ``LayerNormalization`` scale or bias: trainable in a
   model graph, frozen in a training graph (``lincompile.role == "training"``, whose
   trainable parameters are graph inputs already). A weight stored as ``[C_in, C_out]``
   (``MatMul``, ``Gemm`` without ``transB``) is transposed back to ``[C_out, C_in]``; torch's
@@ -28,6 +31,13 @@ graph m(x: float32[N, 4]) -> (y: float32[N, 3])
   ``fc1.weight``), and ``Transpose`` + ``MatMul`` of a named weight keeps that weight;
 - *constants* (``Param.const``: never trained) everywhere else (scalars, ``Gemm``'s C when it
   is not a bias, the operands of Add/Mul/Sub/MatMul).
+
+**The layout map.** Where a trainable parameter is stored differently from the file (a
+transposed or renamed weight, a reshaped bias), the graph's metadata ``lincompile.params``
+maps it to its source tensor and transform (:mod:`.layout`); ``write_trained`` uses it to write
+trained values back. **Classifier heads**: a model whose outputs come from Softmax,
+LogSoftmax or skl2onnx's head is imported up to the logits (:mod:`.heads`), the head
+described in ``lincompile.head``.
 
 A weight is only transposed, reshaped or renamed when this node is its only user, and never
 in lincompile's own files (there a Gemm without transB is a ``matmul``). Two things a saved
@@ -38,6 +48,7 @@ parameter used by anything but ``linear`` reads back as a constant.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -48,23 +59,50 @@ from onnx import helper, numpy_helper
 
 from ..errors import LincompileError, ModelLoadError, ShapeError, UnsupportedOpError
 from ..ir import Graph, Value
+from .heads import cut, find_head
 
 DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64",
           onnx.TensorProto.INT64: "int64"}
 
 
-def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
-    """Import an ONNX model as a verified :class:`Graph` (see the module docstring)."""
+def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: str | None = None,
+              logits: str | None = None) -> Graph:
+    """Import an ONNX model as a verified :class:`Graph` (see the module docstring).
+
+    ``batch``: a name (``"N"``) for the leading dim of the data inputs where the file fixes
+    it (``torch.onnx.export(model, x, path)`` fixes it to ``len(x)``); Reshape targets that
+    copied the fixed batch follow. ``logits``: import only what computes this tensor (default:
+    the logits before a classifier head, where the model ends in one; see :mod:`.heads`).
+    """
     from .onnx_ops import import_node
+    from .onnx_patterns import find_patterns
 
     proto = read_model(model)
-    imp = Importer(proto)
+    training = _meta(proto).get("lincompile.role") == "training"
+    if training and logits is not None:
+        raise LincompileError("logits: this is a training graph; choose the logits when "
+                              "making it from the model")
+    head = None if training else find_head(proto, logits)
+    imp = Importer(cut(proto, head) if head is not None else proto, batch)
+    fused = find_patterns(imp)   # multi-node GELU/SiLU: their inner nodes are marked done
     for node in imp.nodes:
         if id(node) not in imp.done:
             imp.node = node
-            imp.bind(node, import_node(imp, node))
+            imp.bind(node, fused[id(node)](imp) if id(node) in fused else import_node(imp, node))
     imp.finish()
+    if not training:  # a training file keeps the map to its own source model
+        layout = imp.layout_map()
+        imp.g.meta.pop("lincompile.params", None)
+        imp.g.meta.pop("lincompile.head", None)
+        if any(m != {"source": k, "transform": "identity"} for k, m in layout.items()):
+            imp.g.meta["lincompile.params"] = json.dumps(layout)
+        if head is not None and (head.nodes or head.outputs):
+            imp.g.meta["lincompile.head"] = head.to_json()
     return imp.g.verify()
+
+
+def _meta(proto: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def _one_line(e: BaseException) -> str:
@@ -108,7 +146,7 @@ class Const:
 class Importer:
     """The state of one import: the IR graph being built and the ONNX constants."""
 
-    def __init__(self, proto: onnx.ModelProto):
+    def __init__(self, proto: onnx.ModelProto, batch: str | None = None):
         self.proto = proto
         gp = proto.graph
         #: The nodes, held once: ``done`` keeps ids, and protobuf makes new wrappers per access.
@@ -132,14 +170,25 @@ class Importer:
         self.reserved = self.produced | {v.name for v in gp.input} | {
             t.name for t in gp.initializer}
         self.node_names: set[str] = set()
-        self.consts = {t.name: Const(t.name, numpy_helper.to_array(t)) for t in gp.initializer}
+        self.consts = {t.name: Const(t.name, _tensor(t, f"initializer '{t.name}'"))
+                       for t in gp.initializer}
         for n in self.nodes:  # Constant nodes have no inputs: take them all up front
             if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
                 self.consts[n.output[0]] = Const(n.output[0], _constant_value(n))
                 self.done.add(id(n))
+        #: parameter name -> its source tensor in the file and the transform between them
+        self.layout: dict[str, dict[str, str]] = {}
+        #: the fixed leading dims that ``batch`` replaced, and the name replacing them
+        self.batch, self.fixed_batch = batch, set()
+        state = {o.name[:-len(sfx)] for o in gp.output for sfx in (".next", ".grad")
+                 if o.name.endswith(sfx)} | {"lr", "step"} if self.training else set()
         for vi in gp.input:
             if vi.name not in self.consts:  # old files list initializers as inputs too
-                self.g.input(vi.name, *_input_type(vi))
+                shape, dtype = _input_type(vi)
+                if batch and shape and isinstance(shape[0], int) and vi.name not in state:
+                    self.fixed_batch.add(shape[0])
+                    shape[0] = batch
+                self.g.input(vi.name, shape, dtype)
 
     # ------------------------------------------------------------------ names
     def tmp(self, base: str) -> str:
@@ -181,14 +230,36 @@ class Importer:
         self.g.params[name].const = const
         return v
 
-    def linear_param(self, name: str, data: np.ndarray | None = None) -> Value:
-        """A linear weight or bias: a parameter (not a constant) if known at import time."""
+    def linear_param(self, name: str, data: np.ndarray | None = None, source: str | None = None,
+                     transform: str = "identity") -> Value:
+        """A linear weight or bias: a parameter (not a constant) if known at import time.
+
+        ``data``: the value in lincompile's layout, made from the file's tensor ``source``
+        (default ``name``) by ``transform`` (``identity``, ``transpose`` or ``reshape``).
+        """
         p = self.g.params.get(name)
         if p is not None:  # first met as a constant: it is a weight after all
             p.const, p.trainable = False, not self.training
         if name in self.g.values:
             return self.g.values[name]
+        self.layout[name] = {"source": source or name, "transform": transform}
         return self.param(name, self.consts[name].data if data is None else data)
+
+    def layout_map(self) -> dict[str, dict[str, str]]:
+        """For each trainable parameter: its source tensor and transform (see linear_param)."""
+        return {k: self.layout.get(k, {"source": k, "transform": "identity"})
+                for k, p in self.g.params.items() if p.trainable and not p.const}
+
+    def batch_reshape(self, x: Value, shape: list[int]) -> list[int]:
+        """A Reshape target whose first dim copied the fixed batch now copies the symbol."""
+        if not (self.batch and shape and x.shape and x.shape[0] == self.batch
+                and shape[0] in self.fixed_batch):
+            return shape
+        rest = list(shape[1:])
+        if -1 in rest and all(isinstance(d, int) for d in x.shape[1:]):  # -1: what is left
+            known = int(np.prod([d for d in rest if d != -1]))
+            rest[rest.index(-1)] = int(np.prod(x.shape[1:])) // max(known, 1)
+        return [0, *rest]
 
     def scalar(self, x: float, like: Value, what: str) -> Value:
         return self.param(self.tmp(f"{self.node.name or self.node.op_type}.{what}"),
@@ -243,16 +314,41 @@ class Importer:
             self.g.output(v)
 
 
+def _tensor(t: onnx.TensorProto, what: str) -> np.ndarray:
+    """The data of ``t``; data that does not fill its dims (or dims numpy cannot hold)
+    is a ModelLoadError, not a numpy one."""
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelLoadError(f"{what}: cannot read its data as dtype "
+                             f"{_dtype_name(t.data_type)}, dims {list(t.dims)}: "
+                             f"{_one_line(e)}") from None
+
+
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return str(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:  # UNDEFINED, STRING's object dtype, or no ONNX type at all
+        return onnx.TensorProto.DataType.Name(elem_type) \
+            if elem_type in onnx.TensorProto.DataType.values() else f"<ONNX type {elem_type}>"
+
+
+#: Constant's value attributes (onnx.checker has checked their types): dtype of the array.
+_CONSTANT_FORMS = {"value": None, "value_float": np.float32, "value_floats": np.float32,
+                   "value_int": np.int64, "value_ints": np.int64}
+
+
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    where = f"Constant node '{node.name or node.output[0]}'"
+    if len(node.attribute) != 1:
+        raise ModelLoadError(f"{where} has {len(node.attribute)} attributes; a Constant has "
+                             "exactly one (its value)")
     a = node.attribute[0]
-    val = helper.get_attribute_value(a)
-    if a.name == "value":
-        return numpy_helper.to_array(val)
-    if a.name in ("value_float", "value_floats"):
-        return np.array(val, np.float32)
-    if a.name in ("value_int", "value_ints"):
-        return np.array(val, np.int64)
-    raise LincompileError(f"Constant node '{node.name}': attribute '{a.name}' is not supported")
+    if a.name not in _CONSTANT_FORMS:
+        raise UnsupportedOpError(f"{where}: attribute '{a.name}' is not supported; lincompile "
+                                 f"reads {', '.join(_CONSTANT_FORMS)}")
+    val, dtype = helper.get_attribute_value(a), _CONSTANT_FORMS[a.name]
+    return _tensor(val, where) if dtype is None else np.array(val, dtype)
 
 
 def _input_type(vi: onnx.ValueInfoProto) -> tuple[list, str]:
@@ -262,8 +358,8 @@ def _input_type(vi: onnx.ValueInfoProto) -> tuple[list, str]:
                          "takes tensors only")
     tt = vi.type.tensor_type
     if tt.elem_type not in DTYPES:
-        name = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        raise ShapeError(f"input '{vi.name}' has dtype {name}; lincompile takes float32 "
+        raise ShapeError(f"input '{vi.name}' has dtype {_dtype_name(tt.elem_type)}; "
+                         "lincompile takes float32 "
                          "(float64 too) and int64 class labels or step counts")
     if not tt.HasField("shape"):
         raise ShapeError(f"input '{vi.name}' has no shape; lincompile needs at least its rank")

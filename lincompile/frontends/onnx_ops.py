@@ -8,14 +8,18 @@ IR nodes; ``None`` means the node was folded (a constant) or bound by the functi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
-from ..backends.onnx_builder import DOMAIN
+from ..backends.onnx_builder import DOMAIN, FUSED_KEY, OnnxBuilder
+from ..errors import LincompileError, ModelLoadError, ShapeError
 from ..ir import Value
-from ..ops import OPS
-from .onnx_import import Const, Importer
+from ..ops import OPS, get_op
+from ..ops.preview import DOMAIN as PREVIEW
+from .onnx_import import DTYPES, Const, Importer
 
 #: What an import function returns: the node's output value(s), or None (see above).
 Result = Value | tuple[Value, ...] | None
@@ -47,38 +51,52 @@ def _weight(imp: Importer, b: str, stored_in_out: bool):
     without transB); only a constant used by this node alone is transposed back.
     """
     c = imp.const(b)
+    if _rank(imp, b) != 2:   # not a weight: the matmul it becomes names the bad rank
+        return None
     if not stored_in_out:
         return imp.linear_param(b) if imp.is_input(b) else None
     if c is None or c.data.ndim != 2 or not imp.fresh_use(b) or imp.native:
         return None
     if c.origin and imp.fresh_use(c.origin):  # Transpose(W) of a named weight: W itself
         return imp.linear_param(c.origin)
-    return imp.linear_param(_torch_name(imp, b), c.data.T)
+    return imp.linear_param(_torch_name(imp, b), c.data.T, source=b, transform="transpose")
 
 
 def _bias(imp: Importer, c: str, n_out):
     """``c`` as a linear bias ``[C_out]`` (a constant ``[1, C_out]`` is reshaped), or None."""
     k = imp.const(c)
     if k is not None and k.data.shape == (1, n_out) and imp.fresh_use(c):
-        return imp.linear_param(c, k.data.reshape(n_out))
+        return imp.linear_param(c, k.data.reshape(n_out), transform="reshape")
     shape = k.data.shape if k is not None else imp.value(c).shape
     return imp.linear_param(c) if tuple(shape) == (n_out,) else None
 
 
 def _linear(imp: Importer, x, w):
     """``linear(x, w)``, taking in the bias of a following ``Add`` of a constant bias."""
-    out = imp.node.output[0]
-    users = imp.consumers.get(out, [])
-    if imp.uses[out] == 1 and len(users) == 1 and users[0].op_type == "Add" \
-            and users[0].domain in ("", "ai.onnx"):
-        add = users[0]
+    out, casts = imp.node.output[0], []
+    while (add := _only_user(imp, out)) is not None and add.op_type == "Cast" \
+            and _attrs(add).get("to") == _ONNX_FLOAT.get(x.dtype):  # Keras: MatMul, Cast, Add
+        casts.append(add)
+        out = add.output[0]
+    if add is not None and add.op_type == "Add":
         other = add.input[1] if add.input[0] == out else add.input[0]
         bias = _bias(imp, other, w.shape[0]) if other in imp.consts else None
         if bias is not None:
-            imp.done.add(id(add))
+            imp.done.update(id(n) for n in [*casts, add])
             imp.bind(add, imp.emit("linear", [x, w, bias]))
             return None
     return imp.emit("linear", [x, w])
+
+
+_ONNX_FLOAT = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE}
+
+
+def _only_user(imp: Importer, name: str) -> onnx.NodeProto | None:
+    """The one default-domain node reading ``name``, if it is read once (not an output)."""
+    users = imp.consumers.get(name, [])
+    if imp.uses[name] == 1 and len(users) == 1 and users[0].domain in ("", "ai.onnx"):
+        return users[0]
+    return None
 
 
 def gemm(imp: Importer, node: onnx.NodeProto) -> Result:
@@ -108,10 +126,12 @@ def gemm(imp: Importer, node: onnx.NodeProto) -> Result:
 
 
 def matmul(imp: Importer, node: onnx.NodeProto) -> Result:
+    """``[*, K] · [K, N]`` (torch's Linear on any leading dims); batched products are not."""
     a, b = node.input
     ranks = (_rank(imp, a), _rank(imp, b))
-    if ranks != (2, 2):
-        raise imp.unsupported(f"only 2-D MatMul is imported (inputs of rank {ranks})")
+    if ranks[0] < 2 or ranks[1] != 2:
+        raise imp.unsupported(f"only a MatMul of [*, K] by a 2-D [K, N] is imported (inputs "
+                              f"of rank {ranks})")
     x = imp.value(a)
     w = _weight(imp, b, stored_in_out=True)
     return imp.emit("matmul", [x, imp.value(b)]) if w is None else _linear(imp, x, w)
@@ -122,7 +142,11 @@ def transpose(imp: Importer, node: onnx.NodeProto) -> Result:
     c = imp.const(node.input[0])
     if c is None:
         raise imp.unsupported("only a Transpose of a constant (a weight) is imported")
-    data = np.transpose(c.data, _attrs(node).get("perm"))
+    perm = _attrs(node).get("perm")
+    if perm is not None and sorted(perm) != list(range(c.data.ndim)):
+        raise ShapeError(f"Transpose node '{node.name or node.output[0]}': perm {list(perm)} "
+                         f"is not an order of the {c.data.ndim} axes of '{node.input[0]}'")
+    data = np.transpose(c.data, perm)
     imp.consts[node.output[0]] = Const(node.output[0], data,
                                        origin=node.input[0] if data.ndim == 2 else None)
     return None
@@ -150,24 +174,31 @@ def flatten(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("flatten", [x], axis=axis + len(x.shape) if axis < 0 else axis)
 
 
-def reshape(imp: Importer, node: onnx.NodeProto) -> Result:
-    c = imp.const(node.input[1])
+def _ints(imp: Importer, name: str, what: str) -> list[int]:
+    """The constant ``name`` (a Reshape's shape, a ReduceSum's axes) as Python ints."""
+    c = imp.const(name)
     if c is None:
-        raise imp.unsupported("the target shape must be a constant (initializer or Constant)")
-    shape = [int(d) for d in c.data.reshape(-1)]
+        raise imp.unsupported(f"{what} must be a constant (initializer or Constant)")
+    if c.data.dtype.kind not in "iu":
+        node = imp.node.name or imp.node.op_type
+        raise ShapeError(f"ONNX node '{node}' ({imp.node.op_type}): {what} '{name}' holds "
+                         f"{c.data.dtype}, expected int64")
+    return [int(d) for d in c.data.reshape(-1)]
+
+
+def reshape(imp: Importer, node: onnx.NodeProto) -> Result:
+    shape = _ints(imp, node.input[1], "the target shape")
     if _attrs(node).get("allowzero", 0) and 0 in shape:
         raise imp.unsupported("allowzero=1 with a 0 in the target shape")
-    return imp.emit("reshape", [imp.value(node.input[0])], shape=shape)
+    x = imp.value(node.input[0])
+    return imp.emit("reshape", [x], shape=imp.batch_reshape(x, shape))
 
 
 def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
     at = _attrs(node)
     axes = at.get("axes")  # an attribute before opset 13, an input since
     if len(node.input) > 1 and node.input[1]:
-        c = imp.const(node.input[1])
-        if c is None:
-            raise imp.unsupported("the axes must be a constant")
-        axes = [int(a) for a in c.data.reshape(-1)]
+        axes = _ints(imp, node.input[1], "the axes")
     x = imp.value(node.input[0])
     if not axes and at.get("noop_with_empty_axes", 0):
         return imp.emit("identity", [x])
@@ -178,7 +209,7 @@ def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
 def softmax_cross_entropy(imp: Importer, node: onnx.NodeProto) -> Result:
     """torch.nn.CrossEntropyLoss's case only: 2-D logits, int64 labels, mean, no extras."""
     at = _attrs(node)
-    reduction = at.get("reduction", b"mean").decode()
+    reduction = at.get("reduction", b"mean").decode(errors="replace")
     why = (f"reduction '{reduction}' (only 'mean')" if reduction != "mean" else
            "ignore_index" if "ignore_index" in at else
            "class weights" if node.input[2:] and node.input[2] else
@@ -191,10 +222,92 @@ def softmax_cross_entropy(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("softmax_cross_entropy", [logits, labels])
 
 
+# ------------------------------------------------------------------ MLP ops
+def leaky_relu(imp: Importer, node: onnx.NodeProto) -> Result:
+    alpha = _float(_attrs(node).get("alpha", 0.01))
+    return imp.emit("leaky_relu", [imp.value(node.input[0])], alpha=alpha)
+
+
+def gelu(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Gelu (opset 20): ``approximate`` "none" (erf) or "tanh"."""
+    approximate = _attrs(node).get("approximate", b"none").decode()
+    if approximate not in ("none", "tanh"):
+        raise imp.unsupported(f"approximate='{approximate}' (only 'none' and 'tanh')")
+    return imp.emit("gelu", [imp.value(node.input[0])], approximate=approximate)
+
+
+def swish(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Swish (opset 24) ``x · sigmoid(alpha · x)``: SiLU when alpha is 1."""
+    alpha = _attrs(node).get("alpha", 1.0)
+    if alpha != 1:
+        raise imp.unsupported(f"alpha={_float(alpha)} (only alpha=1, which is SiLU)")
+    return imp.emit("silu", [imp.value(node.input[0])])
+
+
+def _last_axis(imp: Importer, x: Value, axis: int, what: str) -> None:
+    """Refuse unless ``axis`` is the last axis of ``x``."""
+    r = len(x.shape)
+    if not r or not -r <= axis < r or axis % r != r - 1:
+        raise imp.unsupported(f"{what} over axis {axis} of '{x.name}' {list(x.shape)}: only "
+                              "the last axis (axis=-1) is imported")
+
+
+def _softmax(op: str):
+    def run(imp: Importer, node: onnx.NodeProto) -> Result:
+        x = imp.value(node.input[0])
+        # before opset 13 the default axis is 1 (the input is coerced to 2-D there, which
+        # is the last-axis softmax exactly when the axis is the last one)
+        default = 1 if imp.opsets.get("ai.onnx", 18) < 13 else -1
+        _last_axis(imp, x, _attrs(node).get("axis", default), node.op_type)
+        return imp.emit(op, [x])
+    return run
+
+
+def layer_normalization(imp: Importer, node: onnx.NodeProto) -> Result:
+    """torch.nn.LayerNorm: the last axis, scale and bias as trainable parameters."""
+    at = _attrs(node)
+    x = imp.value(node.input[0])
+    _last_axis(imp, x, at.get("axis", -1), "LayerNormalization")
+    if any(o and imp.uses[o] for o in node.output[1:]):
+        raise imp.unsupported("its Mean/InvStdDev outputs are used")
+    affine = [imp.linear_param(i) if imp.is_input(i) else imp.value(i)
+              for i in node.input[1:] if i]
+    return imp.emit("layer_norm", [x, *affine], epsilon=_float(at.get("epsilon", 1e-5)))
+
+
+def cast(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Same dtype: identity. A constant is cast at import time; else a new dtype is refused."""
+    to = _attrs(node).get("to")
+    dtype = DTYPES.get(to) or str(helper.tensor_dtype_to_np_dtype(to))
+    c = imp.const(node.input[0])
+    if c is not None and to in DTYPES:
+        imp.consts[node.output[0]] = Const(node.output[0], c.data.astype(dtype))
+        return None
+    x = imp.value(node.input[0])
+    if x.dtype != dtype:
+        raise imp.unsupported(f"it casts '{x.name}' from {x.dtype} to {dtype}; only a Cast to "
+                              "the same dtype (a no-op) is imported")
+    return imp.emit("identity", [x])
+
+
+def dropout(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Inference-form Dropout (no training_mode, or a constant false) is the identity."""
+    train = node.input[2] if len(node.input) > 2 else ""
+    c = imp.const(train) if train else None
+    if (train and (c is None or c.data.any())) or _attrs(node).get("is_test", 1) == 0:
+        raise imp.unsupported("training-mode Dropout is not imported (lincompile trains "
+                              "without dropout); export the model in eval mode (model.eval())")
+    if any(o and imp.uses[o] for o in node.output[1:]):
+        raise imp.unsupported("its mask output is used")
+    return imp.emit("identity", [imp.value(node.input[0])])
+
+
 # ------------------------------------------------------------------ lincompile functions
 #: lincompile's model-local functions (``backends/onnx_builder``) → their IR op, as each
 #: op declares them (``OpDef.onnx_functions``).
 FUNCTIONS = {f: op.name for op in OPS.values() for f in op.onnx_functions}
+#: The attributes a function's name implies (``GeluTanh``: ``approximate="tanh"``).
+FUNCTION_ATTRS = {f: a for op in OPS.values() for f, a in op.function_attrs.items()}
 
 
 def _float(f: float) -> float:
@@ -206,9 +319,130 @@ def function_call(imp: Importer, node: onnx.NodeProto) -> Result:
     """A call of a ``lincompile.*`` local function: its IR op, float attributes as given."""
     if any(a.type != onnx.AttributeProto.FLOAT for a in node.attribute):
         raise imp.unsupported("lincompile's functions take float attributes only")
-    attrs = {a.name: _float(a.f) for a in node.attribute}
-    return imp.emit(FUNCTIONS[node.op_type], [imp.value(i) for i in node.input],
-                    n_out=len(node.output), **attrs)
+    attrs = {**FUNCTION_ATTRS.get(node.op_type, {}),
+             **{a.name: _float(a.f) for a in node.attribute}}
+    op = FUNCTIONS[node.op_type]
+    attrs = {k: v for k, v in attrs.items() if k not in OPS[op].onnx_derived}
+    if op == "linear":   # weight and bias are parameters, as in a Gemm
+        ins = [imp.value(node.input[0])] + [imp.linear_param(i) if imp.is_input(i) else
+                                            imp.value(i) for i in node.input[1:]]
+    else:
+        ins = [imp.value(i) for i in node.input]
+    return imp.emit(op, ins, n_out=len(node.output), **attrs)
+
+
+# ------------------------------------------------------------------ ai.onnx.preview.training
+def _preview_attrs(imp: Importer, node: onnx.NodeProto, names: dict[str, str]) -> dict:
+    """The IR attributes (``names``: ONNX name → IR name) with the spec's defaults."""
+    schema = onnx.defs.get_schema(node.op_type, imp.opsets.get(PREVIEW, 1), PREVIEW)
+    given = _attrs(node)
+    out = {}
+    for onnx_name, ir_name in names.items():
+        if onnx_name in given:
+            value = given[onnx_name]
+        elif schema.attributes[onnx_name].default_value.type:
+            value = helper.get_attribute_value(schema.attributes[onnx_name].default_value)
+        else:
+            raise imp.unsupported(f"attribute '{onnx_name}' is required")
+        out[ir_name] = value.decode() if isinstance(value, bytes) else _float(value)
+    return out
+
+
+def _optimizer(op: str, n_state: int, names: dict[str, str]):
+    """An ONNX optimizer node (inputs R, T, X1..Xn, G1..Gn, then each state's n tensors;
+    outputs the new X1..Xn, then each new state) as one IR node per tensor."""
+    def run(imp: Importer, node: onnx.NodeProto) -> Result:
+        attrs = _preview_attrs(imp, node, names)
+        if op == "onnx_momentum":
+            mode = attrs.pop("mode")
+            if mode not in ("standard", "nesterov"):
+                raise imp.unsupported(f"mode '{mode}' (only 'standard' and 'nesterov')")
+            attrs["nesterov"] = mode == "nesterov"
+        ins, outs = list(node.input), list(node.output)
+        n, rest = divmod(len(ins) - 2, 2 + n_state)
+        if n < 1 or rest or len(outs) != n * (1 + n_state) or not all(ins) or not all(outs):
+            raise imp.unsupported(f"inputs R, T and {2 + n_state} tensors per optimized tensor "
+                                  f"(got {len(ins)}), and all {1 + n_state} outputs per tensor "
+                                  f"(got {len(outs)})")
+        r, t = imp.value(ins[0]), imp.value(ins[1])
+        lists = [ins[2 + j * n: 2 + (j + 1) * n] for j in range(2 + n_state)]
+        results = [imp.emit(op, [imp.value(x[i]) for x in lists] + [t, r], n_out=1 + n_state,
+                            **attrs) for i in range(n)]
+        return tuple(res[k] for k in range(1 + n_state) for res in results)
+    return run
+
+
+def _recompute(imp: Importer, names: list[str], feeds: list[Value], y: Value) -> Value:
+    """``y`` computed from ``feeds`` in place of the tensors ``names``: the nodes between
+    them and ``y`` emitted again where a fed value differs from the named one."""
+    swap = {imp.value(k).name: f for k, f in zip(names, feeds) if imp.value(k) is not f}
+    if not swap:
+        return y
+    needed, chain = {y.name}, []
+    for n in reversed(imp.g.nodes):
+        if any(o.name in needed for o in n.outputs) and not any(o.name in swap
+                                                                  for o in n.outputs):
+            needed.update(i.name for i in n.inputs)
+            chain.append(n)
+    now = dict(swap)
+    for n in reversed(chain):
+        if any(i.name in now for i in n.inputs):
+            base = f"{imp.node.name or 'Gradient'}/{n.name}"
+            res = imp.g.apply(n.op, [now.get(i.name, i) for i in n.inputs],
+                              name=imp.node_name(base),
+                              outputs=[imp.tmp(f"{base}.{i}") for i in range(len(n.outputs))],
+                              **n.attrs)
+            now.update(zip((o.name for o in n.outputs),
+                           res if isinstance(res, tuple) else (res,)))
+    return now.get(y.name, y)
+
+
+def gradient(imp: Importer, node: onnx.NodeProto) -> Result:
+    """``Gradient(xs, zs, y)``: lincompile's autodiff of the graph from ``xs`` to ``y`` at
+    the fed values; for a non-scalar ``y``, the gradient of the sum of its elements."""
+    from ..autodiff import append_grads
+
+    at = _attrs(node)
+    xs = [s.decode() for s in at.get("xs", [])]
+    zs = [s.decode() for s in at.get("zs", [])]
+    y = at.get("y", b"").decode()
+    if not xs or len(node.input) != len(xs) + len(zs) or len(node.output) > len(xs):
+        raise imp.unsupported(f"inputs must be the values of xs then zs ({len(xs)} + "
+                              f"{len(zs)}), and at most one output per x")
+    if y not in imp.g.values and y not in imp.consts:
+        raise imp.unsupported(f"y '{y}' must be computed before the Gradient node")
+    feeds = [imp.value(i) for i in node.input]
+    of = _recompute(imp, xs + zs, feeds, imp.value(y))
+    if of.shape != ():
+        of = imp.emit("reduce_sum", [of])
+    grads = append_grads(imp.g, of, feeds[:len(xs)])
+    imp.node_names.update(n.name for n in imp.g.nodes)
+    seen: set[int] = set()
+    names, values = [], []
+    for name, x in zip(node.output, feeds):
+        v = grads[x.name]
+        if not name:   # an output left out
+            continue
+        if id(v) in seen or v.name in imp.g.params:   # name a copy
+            v = imp.emit("identity", [v])
+        seen.add(id(v))
+        names.append(name)
+        values.append(v)
+    imp.bind(helper.make_node("Gradient", [], names), tuple(values))
+    return None
+
+
+PREVIEW_IMPORTERS = {
+    "Adagrad": _optimizer("adagrad", 1, {"decay_factor": "lr_decay", "epsilon": "eps",
+                                         "norm_coefficient": "weight_decay"}),
+    "Momentum": _optimizer("onnx_momentum", 1, {"alpha": "alpha", "beta": "beta",
+                                                "mode": "mode",
+                                                "norm_coefficient": "norm_coefficient"}),
+    "Adam": _optimizer("onnx_adam", 2, {a: a for a in ("alpha", "beta", "epsilon",
+                                                       "norm_coefficient",
+                                                       "norm_coefficient_post")}),
+    "Gradient": gradient,
+}
 
 
 IMPORTERS = {
@@ -218,14 +452,107 @@ IMPORTERS = {
     "SoftmaxCrossEntropyLoss": softmax_cross_entropy, "Sub": sub, "Tanh": _unary("tanh"),
     "Transpose": transpose,
 }
+IMPORTERS.update({
+    "Cast": cast, "Dropout": dropout, "Gelu": gelu, "LayerNormalization": layer_normalization,
+    "LeakyRelu": leaky_relu, "LogSoftmax": _softmax("log_softmax"),
+    "Softmax": _softmax("softmax"), "Swish": swish,
+})
 #: What the importer reads, for error messages and docs.
-SUPPORTED = sorted([*IMPORTERS, "Constant"]) + [f"{DOMAIN}.{f}" for f in FUNCTIONS]
+SUPPORTED = sorted([*IMPORTERS, "Constant"]) + [f"{PREVIEW}.{op}" for op in PREVIEW_IMPORTERS] \
+    + [f"{DOMAIN}.{f}" for f in FUNCTIONS]
+
+
+# ------------------------------------------------------------------ portable files
+def _fused_groups(imp: Importer) -> dict[str, list]:
+    """Node name → its record in a portable file's ``lincompile.fused`` metadata (read once;
+    the key is taken out of the graph's metadata, a re-export writes it afresh)."""
+    groups = getattr(imp, "fused_groups", None)
+    if groups is None:
+        groups = {}
+        text = imp.g.meta.pop(FUSED_KEY, None)
+        try:
+            for rec in json.loads(text) if text else []:
+                name, op, attrs, ins, outs, nodes = rec
+                groups.update((n, [name, op, attrs, ins, outs, set(nodes)]) for n in nodes)
+        except (ValueError, TypeError) as e:
+            raise ModelLoadError(f"metadata '{FUSED_KEY}' is not lincompile's: {e}") from None
+        imp.fused_groups = groups
+    return groups
+
+
+def _same_nodes(imp: Importer, mine: OnnxBuilder, theirs: list[onnx.NodeProto],
+                outs: list[str]) -> bool:
+    """``theirs`` is what lincompile writes for the op (``mine``), up to the names of the
+    tensors internal to it; those are used by no other node and are no graph output."""
+    if len(mine.nodes) != len(theirs):
+        return False
+    inits = {t.name: t for t in mine.initializers}
+    ours: set[str] = set()
+    rename: dict[str, str] = {}
+    for a, b in zip(mine.nodes, theirs):
+        if (a.op_type, a.domain, len(a.input), len(a.output)) != \
+                (b.op_type, b.domain, len(b.input), len(b.output)):
+            return False
+        key = lambda n: sorted(x.SerializeToString() for x in n.attribute)
+        if key(a) != key(b):
+            return False
+        for x, y in zip(a.input, b.input):
+            if x in rename:
+                ok = rename[x] == y
+            elif x in inits:
+                c = imp.const(y)
+                ok = c is not None and np.array_equal(c.data, numpy_helper.to_array(inits[x]))
+            else:
+                ok = x == y
+            if not ok:
+                return False
+        for x, y in zip(a.output, b.output):
+            if x in outs:
+                if x != y:
+                    return False
+            else:
+                rename[x] = y
+                ours.add(y)
+    members = {id(n) for n in theirs}
+    outside = {i for n in imp.nodes if id(n) not in members for i in n.input}
+    outside |= {o.name for o in imp.proto.graph.output}
+    return not (ours & outside)
+
+
+def fused(imp: Importer, record: list) -> Result:
+    """One IR op that a portable file wrote out as several nodes: checked against what
+    lincompile writes for it, then imported as that op."""
+    name, op, attrs, ins, outs, names = record
+    theirs = [n for n in imp.nodes if n.name in names]
+    mine = OnnxBuilder({}, portable=True)
+    mine.prefix = name
+    try:
+        opdef = get_op(op)
+        opdef.onnx(mine, ins, outs, **opdef.check_attrs(attrs, name))
+        same = _same_nodes(imp, mine, theirs, outs)
+    except (LincompileError, TypeError, KeyError):
+        same = False
+    if not same:
+        raise imp.unsupported(f"its nodes are recorded ({FUSED_KEY}) as lincompile's op "
+                              f"'{op}' '{name}' but differ from what lincompile writes for it "
+                              "(was the file edited?)")
+    imp.done.update(id(n) for n in theirs)
+    stand_in = helper.make_node(op, ins, outs, name=name)
+    here, imp.node = imp.node, stand_in
+    imp.bind(stand_in, imp.emit(op, [imp.value(i) for i in ins], n_out=len(outs), **attrs))
+    imp.node = here
+    return None
 
 
 def import_node(imp: Importer, node: onnx.NodeProto) -> Result:
     """Import one ONNX node, or raise UnsupportedOpError naming it."""
+    record = _fused_groups(imp).get(node.name)
+    if record is not None:
+        return fused(imp, record)
     if node.domain in ("", "ai.onnx") and node.op_type in IMPORTERS:
         return IMPORTERS[node.op_type](imp, node)
+    if node.domain == PREVIEW and node.op_type in PREVIEW_IMPORTERS:
+        return PREVIEW_IMPORTERS[node.op_type](imp, node)
     if node.domain == DOMAIN and node.op_type in FUNCTIONS \
             and (DOMAIN, node.op_type) in imp.functions:
         return function_call(imp, node)

@@ -1,6 +1,18 @@
 """The op registry. Importing this package declares every op."""
 
-from . import elementwise, linear, loss, optim, reduce, shape  # noqa: F401  (registers ops)
+# importing each op family registers its ops
+from . import (  # noqa: F401
+    activations,
+    elementwise,
+    linear,
+    loss,
+    norm,
+    optim,
+    preview,
+    reduce,
+    shape,
+    softmax,
+)
 from .base import OPS, OpDef, get_op, register
 
 __all__ = ["OPS", "OpDef", "get_op", "register"]

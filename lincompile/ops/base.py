@@ -30,7 +30,10 @@ class OpDef:
     ``grad=None`` as a whole means the op is not differentiable at all.
     ``onnx(b, ins, outs, **attrs)`` emits the ONNX nodes (see ``backends/onnx_builder``);
     ``onnx_functions`` names the ``lincompile.*`` local functions it may call, which the
-    importer maps back to this op.
+    importer maps back to this op; ``function_attrs`` gives the attributes a function's
+    name implies (``GeluTanh`` is ``gelu`` with ``approximate="tanh"``); ``onnx_derived``
+    names float attributes the lowering adds for precision (``1 − β`` exactly, which a
+    float32 ``β`` cannot give) and the importer drops again.
     ``domains`` hints what random feeds suit each input ("label", "nonneg", "count",
     "positive"), for validation.
     """
@@ -44,6 +47,8 @@ class OpDef:
     attrs: dict[str, Any] = field(default_factory=dict)
     kernel: str | None = None
     onnx_functions: tuple[str, ...] = ()
+    function_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    onnx_derived: tuple[str, ...] = ()
     domains: tuple[str | None, ...] = ()
     doc: str = ""
 

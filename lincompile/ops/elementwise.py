@@ -80,11 +80,17 @@ def _activation(name, onnx_op, forward, backward_ref, backward_body, doc):
     return fwd, grad_op
 
 
+def _relu_grad_ref(dy, y):
+    # torch's threshold_backward(dy, y, 0): y <= 0 ? 0 : dy, so a NaN y passes dy through
+    # (np.where(y > 0, dy, 0) would give 0 there).
+    return np.where(y <= 0, 0, dy).astype(dy.dtype)
+
+
 def _relu_grad_body(f):
-    dy, y = f.inputs
+    dy, y = f.inputs   # y <= 0 ? 0 : dy (a NaN y passes dy, as in torch)
     zero = f.const(np.zeros((), np.float32), "zero")
-    pos = f.node("Greater", [y, zero], ["pos"])
-    f.node("Where", [pos, dy, f.node("CastLike", [zero, dy], ["zero_like"])], f.outputs)
+    off = f.node("LessOrEqual", [y, f.node("CastLike", [zero, y], ["zero_y"])], ["off"])
+    f.node("Where", [off, f.node("CastLike", [zero, dy], ["zero_like"]), dy], f.outputs)
 
 
 def _sigmoid_grad_body(f):
@@ -102,8 +108,8 @@ def _tanh_grad_body(f):
 
 
 relu, relu_grad = _activation(
-    "relu", "Relu", lambda x: np.maximum(x, 0),
-    lambda dy, y: np.where(y > 0, dy, 0).astype(dy.dtype), _relu_grad_body, "max(x, 0)")
+    "relu", "Relu", lambda x: np.maximum(x, 0), _relu_grad_ref, _relu_grad_body,
+    "max(x, 0) (NaN stays NaN)")
 sigmoid, sigmoid_grad = _activation(
     "sigmoid", "Sigmoid", _sigmoid, lambda dy, y: dy * y * (1 - y), _sigmoid_grad_body,
     "1 / (1 + e^−x)")

@@ -95,21 +95,28 @@ def _sce_ref(logits, labels):
 
 
 def _sce_grad_ref(dloss, logits, labels):
-    p = np.exp(log_softmax(logits))
-    p[np.arange(len(labels)), labels] -= 1
-    return (p * (dloss / len(labels))).astype(logits.dtype)
+    # softmax · s, then s taken off at the label (s = dloss / N): torch's order, which gives
+    # NaN at the label for an infinite dloss, where (softmax − onehot) · s would give −Inf.
+    scale = dloss / len(labels)
+    g = np.exp(log_softmax(logits)) * scale
+    g[np.arange(len(labels)), labels] -= scale
+    return g.astype(logits.dtype)
 
 
 def _sce_grad_body(f):
-    dloss, logits, labels = f.inputs   # dloss · (softmax(logits) − onehot(labels)) / N
-    probs = f.node("Softmax", [logits], ["probs"], axis=1)
-    depth = f.node("Shape", [logits], ["classes"], start=1, end=2)
-    values = f.node("CastLike", [f.const(np.array([0, 1], np.float32), "off_on"), logits],
-                    ["values"])
-    onehot = f.node("OneHot", [labels, depth, values], ["onehot"], axis=-1)
-    n = f.node("CastLike", [f.node("Shape", [logits], ["batch"], start=0, end=1), logits], ["n"])
+    dloss, logits, labels = f.inputs   # softmax(logits) · s − onehot(labels) · s, s = dloss / N
+    shape = f.node("Shape", [logits], ["shape"])   # N and C as scalars, as OneHot wants depth
+    batch = f.node("Gather", [shape, f.const(np.array(0, np.int64), "n_axis")], ["batch"], axis=0)
+    n = f.node("CastLike", [batch, logits], ["n"])
     scale = f.node("Div", [dloss, n], ["scale"])
-    f.node("Mul", [f.node("Sub", [probs, onehot], ["diff"]), scale], f.outputs)
+    probs = f.node("Mul", [f.node("Softmax", [logits], ["softmax"], axis=1), scale], ["probs"])
+    depth = f.node("Gather", [shape, f.const(np.array(1, np.int64), "c_axis")], ["classes"],
+                   axis=0)
+    # the label's column by Where, not by multiplying a one-hot (0 · Inf would be NaN)
+    values = f.const(np.array([0, 1], np.float32), "off_on")
+    onehot = f.node("OneHot", [labels, depth, values], ["onehot"], axis=-1)
+    at = f.node("Greater", [onehot, f.const(np.array(0.5, np.float32), "half")], ["at_label"])
+    f.node("Where", [at, f.node("Sub", [probs, scale], ["minus_scale"]), probs], f.outputs)
 
 
 sce_grad = register(OpDef(
@@ -120,11 +127,27 @@ sce_grad = register(OpDef(
     doc="dloss · (softmax(logits) − onehot(labels)) / N",
 ))
 
+def _sce_body(f):
+    logits, labels = f.inputs   # −mean_n log_softmax(logits)[n, labels[n]]
+    logp = f.node("LogSoftmax", [logits], ["logp"], axis=1)
+    column = f.node("Unsqueeze", [labels, f.const(np.array([1], np.int64), "axis1")],
+                    ["column"])
+    picked = f.node("GatherElements", [logp, column], ["picked"], axis=1)
+    f.node("Neg", [f.node("ReduceMean", [picked], ["mean"], keepdims=0)], f.outputs)
+
+
+def _sce_onnx(b, ins, outs):
+    if b.portable:   # for runtimes without SoftmaxCrossEntropyLoss (OpenVINO, tract, ...)
+        b.call("SoftmaxCrossEntropy", ins, outs, _sce_body)
+    else:
+        b.node("SoftmaxCrossEntropyLoss", ins, outs, reduction="mean")
+
+
 sce = register(OpDef(
     "softmax_cross_entropy", ("logits", "labels"), _sce_infer, _sce_ref,
     grad=(lambda g, dy, logits, labels, **_: g.apply(sce_grad.name, [dy, logits, labels]),
           None),
-    onnx=lambda b, ins, outs: b.node("SoftmaxCrossEntropyLoss", ins, outs, reduction="mean"),
+    onnx=_sce_onnx,
     kernel="softmax_cross_entropy", domains=(None, "label"),
     doc="−mean_n log_softmax(logits)[n, labels[n]]",
 ))

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
+from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ShapeError
 from .base import OpDef, expect, fmt_shape, register
+
+if TYPE_CHECKING:
+    from ..ir import Dim
 
 
 def _back(g, dy, x, **_):
@@ -45,22 +51,54 @@ flatten = register(OpDef(
 ))
 
 
+def _split(dims) -> tuple[int, Counter]:
+    """A product of dims as (product of the fixed ones, multiset of the symbolic ones)."""
+    return math.prod(d for d in dims if isinstance(d, int)), Counter(
+        d for d in dims if isinstance(d, str))
+
+
+def _count(fixed: int | Fraction, syms: Counter) -> str:
+    return " · ".join([str(fixed)] * (fixed != 1 or not syms) + sorted(syms.elements()))
+
+
 def resolve_shape(in_shape, shape):
-    """ONNX Reshape semantics on (possibly symbolic) dims: 0 copies, -1 infers."""
-    out = [in_shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    """ONNX Reshape semantics on (possibly symbolic) dims: 0 copies, -1 infers.
+
+    The result is exact for every value of the symbolic dims, or a ShapeError: a -1 must
+    come out as a fixed number or as exactly one of the input's symbolic dims (``[N, 4] →
+    [-1, 2]`` would be ``2·N``, which a shape cannot hold), and without a -1 both sides
+    must hold the same symbolic dims and the same fixed product.
+    """
+    where = f"cannot reshape {fmt_shape(in_shape)} to {list(shape)}"
+    bad = [d for d in shape if not isinstance(d, (int, np.integer)) or d < -1]
+    if bad:
+        raise ShapeError(f"{where}: target dims must be ints ≥ -1, got {bad[0]!r}")
+    zero = [i for i, d in enumerate(shape) if d == 0 and i >= len(in_shape)]
+    if zero:
+        raise ShapeError(f"{where}: a 0 at position {zero[0]} copies a dim the input does "
+                         "not have")
+    out = [in_shape[i] if d == 0 else int(d) for i, d in enumerate(shape)]
     if out.count(-1) > 1:
-        raise ShapeError(f"reshape to {list(shape)}: at most one -1")
+        raise ShapeError(f"{where}: at most one -1")
+    (f_in, s_in), (f_out, s_out) = _split(in_shape), _split([d for d in out if d != -1])
+    rest = s_in - s_out   # out's symbolic dims are copies (0s) of in's, so a sub-multiset
     if -1 in out:
-        total, known = _prod(in_shape), _prod([d for d in out if d != -1])
-        if total is not None and known:
-            out[out.index(-1)] = total // known
-        else:  # the symbolic batch dim lands where the -1 is
-            syms = [d for d in in_shape if isinstance(d, str)]
-            out[out.index(-1)] = syms[0] if len(syms) == 1 else "?"
-    total, new = _prod(in_shape), _prod(out)
-    if total is not None and new is not None and total != new:
-        raise ShapeError(f"cannot reshape {fmt_shape(in_shape)} ({total} elements) to "
-                         f"{fmt_shape(out)} ({new})")
+        if f_out == 0:
+            raise ShapeError(f"{where}: a -1 beside a 0-sized dim is ambiguous")
+        if f_in == 0 or (not rest and f_in % f_out == 0):
+            fill: Dim = f_in // f_out
+        elif f_in == f_out and sum(rest.values()) == 1:
+            fill = next(rest.elements())
+        else:
+            what = _count(Fraction(f_in, f_out), rest)
+            raise ShapeError(f"{where}: the -1 would be {what}, which is not one fixed or "
+                             "symbolic dim; give the symbolic dim a place of its own (a 0 or "
+                             "the -1) and let the fixed dims multiply to the same product")
+        out[out.index(-1)] = fill
+    elif (f_in, s_in) != (f_out, s_out) and not f_in == f_out == 0:
+        raise ShapeError(f"{where}: {_count(f_in, s_in)} elements cannot become "
+                         f"{_count(f_out, s_out)}" + (" for every value of the symbolic dims"
+                                                       if s_in or s_out else ""))
     return tuple(out)
 
 

@@ -1,0 +1,183 @@
+"""A short measurement of two GEMM thresholds on this host, once per (CPU, compiler, flags,
+tiles), cached beside the build cache in ``<cache>/tune/<key>.json``.
+
+- ``dot_max_m``: ``nt`` products (``Y = X·Wᵀ``) with at most this many rows compute dot
+  products of the rows as they are; above it B is packed (transposed) once per call. Where
+  the crossing lies depends on the core (FMA ports, L2 bandwidth), so it is measured.
+- ``direct_max_m``: ``nn``/``tn`` products with at most this many rows read B in place.
+
+The measurement builds one small library (through the build cache), times both paths at a
+few row counts on a fixed-size product, interleaved, taking medians of per-thread CPU time
+(so other load on the machine disturbs it little), and takes the largest row count up to
+which the unpacked path is not slower. It takes a second or two, once; the choice is then
+read from the cache, so it is the same for every later build. ``LINCOMPILE_TUNE=0`` skips
+it (defaults: :data:`.c_tiles.DEFAULT_DOT_MAX_M`, :data:`.c_tiles.DEFAULT_DIRECT_MAX_M`).
+A failure to build or run the measurement falls back to the defaults; ``lincompile cache
+clear`` forgets the choices (they are measured again at the next build).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CompileError
+from .build import (
+    build_cached,
+    cache_key,
+    cc_line,
+    compiler,
+    compiler_id,
+    host_cpu,
+    load_library,
+    tune_dir,
+)
+from .render import render
+
+VERSION = "3"   # bump when the measurement changes: old cached choices are then ignored
+ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SIZE = 512      # N = K of the timed nt products (W of 512 × 512: 1 MiB)
+DIRECT_K = 128  # K of the timed nn products (N = SIZE; B of 256 KiB: the direct path's case)
+KNOBS = ("dot_max_m", "direct_max_m")
+_LOCK = threading.Lock()
+_MEMO: dict[Path, dict[str, int]] = {}
+
+HARNESS = r"""
+#include <time.h>
+/* Seconds of this thread's CPU time per call of op (0 nt, 1 nn), the median of `rounds`
+ * timings of `reps` calls each. */
+double lc_tune_time(int op, int M, int N, int K, const float *A, const float *B, float *C,
+                    float *pack, int rounds, int reps)
+{
+    double t[64];
+    int r, i, j;
+    rounds = rounds > 64 ? 64 : rounds;
+    for (r = 0; r < rounds; r++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+        for (i = 0; i < reps; i++) {
+            if (op == 0)
+                lc_gemm_nt(M, N, K, 1.0f, A, K, B, K, 0.0f, C, N, NULL, 0, pack, 1);
+            else
+                lc_gemm_nn(M, N, K, 1.0f, A, K, B, N, 0.0f, C, N, NULL, 0, pack, 1);
+        }
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+        t[r] = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+    }
+    for (i = 1; i < rounds; i++)   /* insertion sort: the median */
+        for (j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            double x = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = x;
+        }
+    return t[rounds / 2] / reps;
+}
+"""
+
+
+def _source(tiles: dict) -> str:
+    t = {**tiles, "dot_max_m": "lc_tune_dot", "direct_max_m": "lc_tune_direct"}
+    gemm = render("c/gemm.c.j2", None, **t)
+    return ("#define _POSIX_C_SOURCE 199309L\nint lc_tune_dot, lc_tune_direct;\n" + gemm
+            + HARNESS)
+
+
+def _crossing(time_unpacked, time_packed) -> int:
+    """The largest row count of :data:`ROWS`, scanning up, up to which the unpacked path is
+    not slower than the packed one (0 if it loses already at one row)."""
+    best = 0
+    for m in ROWS:
+        a, b = time_unpacked(m), time_packed(m)
+        if a > b * 1.02:
+            break
+        best = m
+    return best
+
+
+def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, int]:
+    """Time both paths of both thresholds on this host (see the module docstring)."""
+    flags = [f for f in cflags if f != "-fopenmp"]
+    files = {"tune.c": _source(tiles)}
+    cmd = cc_line(flags, "tune.c", "libtune.so")
+    key = cache_key(files, cmd, compiler_id(cmd[0]), host_cpu())
+    lib = load_library(build_cached(key, files, cmd, "libtune.so", "tune.c"))
+    fn = lib.lc_tune_time
+    fn.restype = ctypes.c_double
+    fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2
+    knob = {name: ctypes.c_int.in_dll(lib, f"lc_tune_{name}") for name in ("dot", "direct")}
+    rng = np.random.default_rng(0)
+    m_max = max(ROWS)
+    a = rng.standard_normal((m_max, SIZE)).astype(np.float32)
+    b = rng.standard_normal((SIZE, SIZE)).astype(np.float32)
+    c = np.empty((m_max, SIZE), np.float32)
+    mc, kc, nc = tiles["mc"], tiles["kc"], tiles["nc"]
+    pack = np.empty(mc * kc + nc * kc + 64, np.float32)
+    ptr = lambda x: x.ctypes.data
+
+    def timer(op: int, name: str, on: bool):
+        def run(m: int) -> float:
+            knob[name].value = 1 << 30 if on else 0
+            k = SIZE if op == 0 else DIRECT_K
+            reps = max(1, int(2e6 / (m * SIZE * k / 16)))
+            return fn(op, m, SIZE, k, ptr(a), ptr(b), ptr(c), ptr(pack), 7, reps)
+        return run
+
+    out = {"dot_max_m": tiles["dot_max_m"]}
+    for op, name in ((0, "dot"), (1, "direct")) if dot else ((1, "direct"),):
+        run_on, run_off = timer(op, name, True), timer(op, name, False)
+        run_on(8), run_off(8)   # warm up
+        out[f"{name}_max_m"] = _crossing(run_on, run_off)
+    return out
+
+
+def cache_path(cflags: Sequence[str], tiles: dict) -> Path:
+    """Where the choice for ``cflags`` and ``tiles`` (thresholds aside) is cached."""
+    base = {k: v for k, v in tiles.items() if k not in KNOBS}
+    flags = [f for f in cflags if f != "-fopenmp"]   # one thread is what is measured
+    key = cache_key({"tiles": json.dumps(base, sort_keys=True)}, flags, VERSION,
+                    compiler_id(compiler()), host_cpu())
+    return tune_dir() / f"{key}.json"
+
+
+def thresholds(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, int]:
+    """``dot_max_m`` and ``direct_max_m`` for this host: from the cache, else measured
+    (and cached); the defaults in ``tiles`` if the measurement cannot run. ``dot``: whether
+    the target has the dot-product path at all (else its default stays)."""
+    path = cache_path(cflags, tiles)
+    with _LOCK:   # one measurement per process at a time (threads compiling at once wait)
+        if path in _MEMO:
+            return _MEMO[path]
+        try:
+            got = json.loads(path.read_text())
+            _MEMO[path] = {k: int(got[k]) for k in KNOBS}
+            return _MEMO[path]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        try:
+            got = measure(cflags, tiles, dot)
+        except (CompileError, OSError):
+            return {k: tiles[k] for k in KNOBS}
+        _MEMO[path] = got
+        _save(path, got, cflags, tiles)
+    return got
+
+
+def _save(path: Path, got: dict, cflags: Sequence[str], tiles: dict) -> None:
+    """Write the choice where :func:`cache_path` says, atomically (a reader sees all of it
+    or none); an unwritable cache is left alone (the process keeps its choice in memory)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tune-")
+        with os.fdopen(fd, "w") as f:
+            json.dump({**got, "cflags": list(cflags),
+                       "tiles": {k: v for k, v in tiles.items() if k not in KNOBS}}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -1,0 +1,140 @@
+"""Classifier heads: which tensor is trained as the logits, what is left out, and the two-class
+sigmoid head trained as softmax over [0, z].
+
+Oracles: onnxruntime on the original file (the logits it computes), and float64 numpy for the
+binary cross-entropy of z.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx_models import ort_run
+
+import lincompile as lc
+from lincompile.frontends.heads import find_head
+from lincompile.frontends.layout import start_state
+
+RNG = np.random.default_rng(5)
+F = TensorProto.FLOAT
+
+
+def chain(tail: list, outputs: list, extra: dict | None = None, opset: int = 18):
+    """x [N, 4] → Gemm fc1 → Relu → Gemm fc2 = 'z' [N, 3], then ``tail`` nodes."""
+    rng = np.random.default_rng(0)  # the same weights in every variant
+    w = {"fc1.weight": rng.standard_normal((5, 4)).astype(np.float32),
+         "fc2.weight": rng.standard_normal((3, 5)).astype(np.float32), **(extra or {})}
+    nodes = [helper.make_node("Gemm", ["x", "fc1.weight"], ["a"], transB=1, name="fc1"),
+             helper.make_node("Relu", ["a"], ["h"], name="relu"),
+             helper.make_node("Gemm", ["h", "fc2.weight"], ["z"], transB=1, name="fc2"), *tail]
+    vi = lambda n, t=F, s=("N", 3): helper.make_tensor_value_info(n, t, s)
+    g = helper.make_graph(nodes, "m", [vi("x", F, ["N", 4])], [vi(*o) for o in outputs],
+                          [numpy_helper.from_array(a, k) for k, a in w.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("tail, outputs, kind, left_out", [
+    ([helper.make_node("Softmax", ["z"], ["p"], axis=-1)], [("p",)], "softmax", ["Softmax"]),
+    ([helper.make_node("LogSoftmax", ["z"], ["p"], axis=1)], [("p",)], "log_softmax",
+     ["LogSoftmax"]),
+    ([helper.make_node("Identity", ["z"], ["zc"]), helper.make_node("Softmax", ["zc"], ["p"])],
+     [("p",)], "softmax", ["Identity", "Softmax"]),  # Keras: a float Cast/copy before it
+    ([helper.make_node("Softmax", ["z"], ["p"]),
+      helper.make_node("ArgMax", ["p"], ["label"], axis=1)],
+     [("z",), ("p",), ("label", TensorProto.INT64, ["N", 1])],
+     "softmax", ["Softmax", "ArgMax"]),  # the logits are an output too
+])
+def test_head_is_found_and_cut(tail, outputs, kind, left_out):
+    m = chain(tail, outputs)
+    head = find_head(m)
+    assert head is not None and head.logits == "z" and head.kind == kind
+    assert head.nodes == left_out
+    g = lc.load_onnx(m)
+    assert [v.name for v in g.outputs] == ["z"] and [n.op for n in g.nodes] == ["linear",
+                                                                                "relu", "linear"]
+    x = RNG.standard_normal((6, 4)).astype(np.float32)
+    want = ort_run(chain([], [("z",)]), {"x": x})["z"]
+    np.testing.assert_allclose(lc.compile(g, "reference").run({"x": x})["z"], want, rtol=1e-5)
+    assert json.loads(g.meta["lincompile.head"])["kind"] == kind
+
+
+@pytest.mark.parametrize("tail, outputs", [
+    ([], [("z",)]),  # no head at all
+    ([helper.make_node("Reshape", ["z", "shape"], ["y"])], [("y",)]),  # a final Reshape
+    ([helper.make_node("Softmax", ["z"], ["p"], axis=0)], [("p",)]),  # not over the classes
+    ([helper.make_node("Softmax", ["z"], ["p"]), helper.make_node("Relu", ["h"], ["r"])],
+     [("p",), ("r", F, ["N", 5])]),  # another output from elsewhere
+])
+def test_no_head_where_the_outputs_are_not_a_classifiers(tail, outputs):
+    m = chain(tail, outputs, {"shape": np.array([-1, 3], np.int64)})
+    assert find_head(m) is None
+
+
+def test_logits_by_name_and_a_name_that_is_no_tensor():
+    m = chain([helper.make_node("Softmax", ["z"], ["p"])], [("p",)])
+    g = lc.load_onnx(m, logits="h")
+    assert [v.name for v in g.outputs] == ["h"] and set(g.params) == {"fc1.weight"}
+    assert json.loads(g.meta["lincompile.head"])["kind"] == "none"
+    train = lc.training_graph(g, loss="mse", optimizer=lc.SGD())  # a tensor chosen by name
+    assert "lincompile.logits" not in train.meta
+    for bad, what in (("nope", "no tensor"), ("x", "an input or a constant")):
+        with pytest.raises(lc.LincompileError, match=f"logits '{bad}': {what} of the model"):
+            lc.load_onnx(m, logits=bad)
+
+
+def test_mse_on_a_model_with_a_head_is_refused():
+    g = lc.load_onnx(chain([helper.make_node("Softmax", ["z"], ["p"])], [("p",)]))
+    with pytest.raises(lc.LincompileError, match="softmax classifier head.*after its logits "
+                                                 "'z'.*--logits NAME"):
+        lc.training_graph(g, loss="mse", optimizer=lc.SGD())
+
+
+def binary_model() -> onnx.ModelProto:
+    """skl2onnx's two-class head: z [N, 1], p = σ(z), probabilities [1 − p, p]."""
+    w = RNG.standard_normal((4, 1)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["p"]),
+             helper.make_node("Sub", ["one", "p"], ["q"]),
+             helper.make_node("Concat", ["q", "p"], ["probabilities"], axis=1)]
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "b", [vi("x", F, ["N", 4])], [vi("probabilities", F, ["N", 2])],
+                          [numpy_helper.from_array(w, "W"),
+                           numpy_helper.from_array(np.array(1, np.float32), "one")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    return m
+
+
+def test_two_class_sigmoid_head_trains_the_binary_cross_entropy_of_z():
+    m = binary_model()
+    g = lc.load_onnx(m)
+    assert json.loads(g.meta["lincompile.head"])["kind"] == "sigmoid"
+    train = lc.training_graph(g, loss="cross-entropy", optimizer=lc.SGD(0.1))
+    assert train.meta["lincompile.logits"] == "z"
+    x = RNG.standard_normal((7, 4)).astype(np.float32)
+    y = np.array([0, 1, 1, 0, 1, 0, 0])
+    z = (x.astype(np.float64) @ numpy_helper.to_array(m.graph.initializer[0]).astype(
+        np.float64))[:, 0]
+    bce = np.mean(np.logaddexp(0, z) - y * z)  # −y log σ(z) − (1 − y) log(1 − σ(z))
+    grad = x.T.astype(np.float64) @ (1 / (1 + np.exp(-z)) - y) / len(y)  # ∂bce/∂W [4]
+    for t in ("reference", "onnx", "c"):
+        out = lc.compile(train, t).run({"x": x, "target": y, **start_state(train)})
+        np.testing.assert_allclose(out["loss"], bce, rtol=1e-5, err_msg=t)
+        np.testing.assert_allclose(out["W.next"], train.initial_state["W"] - 0.1 * grad[None],
+                                   rtol=1e-5, atol=1e-7, err_msg=t)
+
+
+def test_one_logit_without_a_sigmoid_head_is_refused():
+    m = binary_model()
+    del m.graph.node[1:]
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("z", F, ["N", 1]))
+    with pytest.raises(lc.LincompileError, match="'z' \\[N, 1\\] is one logit.*--loss mse"):
+        lc.training_graph(lc.load_onnx(m), loss="cross-entropy", optimizer=lc.SGD())
