@@ -38,3 +38,19 @@ def train(exe: lc.Executable, graph: lc.Graph, batches, lr: float, steps: int):
         losses.append(float(out["loss"]))
         state = {k: out[f"{k}.next"] for k in state}
     return np.array(losses), state
+
+
+def torch_mlp(g: lc.Graph, act: str):
+    """The torch twin of ``mlp((a, b, c), act)``: fc1, the activation, fc2, with ``g``'s
+    weights (torch imported here, so modules without it can import this file)."""
+    import torch
+
+    layers = []
+    for name in ("fc1", "fc2"):
+        w = g.params[f"{name}.weight"].data
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w))
+            lin.bias.copy_(torch.from_numpy(g.params[f"{name}.bias"].data))
+        layers += [lin, {"relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh()}[act]]
+    return torch.nn.Sequential(*layers[:-1])

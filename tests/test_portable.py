@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import onnx
 import pytest
-from helpers import mlp, teacher_data
+from helpers import mlp, teacher_data, torch_mlp
 from runtimes import available, session
 
 import lincompile as lc
@@ -51,15 +51,7 @@ def problem(loss: str, optimizer):
 
 def torch_expected(m: lc.Graph, loss: str, make_opt, batches, act: str) -> list[dict]:
     """Per step, torch's loss and every ``.next`` (or ``.grad`` without an optimizer)."""
-    layers = []
-    for name in ("fc1", "fc2"):
-        w = m.params[f"{name}.weight"].data
-        lin = torch.nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w))
-            lin.bias.copy_(torch.from_numpy(m.params[f"{name}.bias"].data))
-        layers += [lin, {"relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh()}[act]]
-    model = torch.nn.Sequential(*layers[:-1])
+    model = torch_mlp(m, act)
     params = dict(zip(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], model.parameters()))
     opt = make_opt(list(params.values())) if make_opt else None
     crit = torch.nn.CrossEntropyLoss() if loss == "cross-entropy" else torch.nn.MSELoss()

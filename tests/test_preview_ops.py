@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import mlp, teacher_data
+from helpers import mlp, teacher_data, torch_mlp
 from onnx import TensorProto, helper, numpy_helper
 
 import lincompile as lc
@@ -335,15 +335,7 @@ def test_adagrad_three_steps_match_torch(config, loss, target):
     m = mlp((8, 6, 3), act=act, seed=4)
     t = lc.training_graph(m, loss=loss, optimizer=lc.Adagrad(**ours))
     exe = lc.compile(t, target)
-    layers = []
-    for name in ("fc1", "fc2"):
-        w = m.params[f"{name}.weight"].data
-        lin = torch.nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w))
-            lin.bias.copy_(torch.from_numpy(m.params[f"{name}.bias"].data))
-        layers += [lin, torch.nn.ReLU() if act == "relu" else torch.nn.Tanh()]
-    model = torch.nn.Sequential(*layers[:-1])
+    model = torch_mlp(m, act)
     params = dict(zip(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], model.parameters()))
     opt = torch.optim.Adagrad(model.parameters(), **theirs)
     crit = torch.nn.CrossEntropyLoss() if loss == "cross-entropy" else torch.nn.MSELoss()

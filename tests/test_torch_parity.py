@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import mlp, teacher_data
+from helpers import mlp, teacher_data, torch_mlp
 
 import lincompile as lc
 
@@ -29,18 +29,6 @@ CASES = {
 STATE = {"velocity": "momentum_buffer", "m": "exp_avg", "v": "exp_avg_sq"}
 
 
-def torch_model(g: lc.Graph, act: str):
-    layers = []
-    for name in ("fc1", "fc2"):
-        w = g.params[f"{name}.weight"].data
-        lin = torch.nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w))
-            lin.bias.copy_(torch.from_numpy(g.params[f"{name}.bias"].data))
-        layers += [lin, {"relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh()}[act]]
-    return torch.nn.Sequential(*layers[:-1])
-
-
 @pytest.mark.parametrize("loss", ["cross-entropy", "mse"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_three_steps_match_torch(case, loss, target):
@@ -49,7 +37,7 @@ def test_three_steps_match_torch(case, loss, target):
     ours, make_opt = CASES[case]
     t = lc.training_graph(m, loss=loss, optimizer=ours)
     exe = lc.compile(t, target)
-    model = torch_model(m, act)
+    model = torch_mlp(m, act)
     opt = make_opt(list(model.parameters()))
     crit = torch.nn.CrossEntropyLoss() if loss == "cross-entropy" else torch.nn.MSELoss()
     names = dict(zip(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], model.parameters()))
