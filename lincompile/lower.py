@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, shape_inference, version_converter
 
 from .backends.onnx import check, to_onnx
-from .backends.onnx_builder import OPSET
+from .backends.onnx_builder import OPSET, unique_name
 from .errors import LincompileError, ModelLoadError
 from .frontends.onnx_import import load_onnx, read_model
 from .ops.preview import DOMAIN
@@ -58,7 +58,7 @@ def lower_model(model: onnx.ModelProto) -> onnx.ModelProto:
         rename = {}
         for name in [t.name for t in flat.initializer] + [o for n in flat.node for o in n.output]:
             if name not in keep and name not in rename:
-                rename[name] = _fresh(f"{node.name or node.op_type}/{name}", taken)
+                rename[name] = unique_name(f"{node.name or node.op_type}/{name}", taken)
         for t in flat.initializer:
             if t.name in rename:
                 t.name = rename[t.name]
@@ -66,7 +66,7 @@ def lower_model(model: onnx.ModelProto) -> onnx.ModelProto:
         for n in flat.node:
             n.input[:] = [rename.get(i, i) for i in n.input]
             n.output[:] = [rename.get(o, o) for o in n.output]
-            n.name = _fresh(f"{node.name or node.op_type}/{n.name}", node_names)
+            n.name = unique_name(f"{node.name or node.op_type}/{n.name}", node_names)
             done.append(n)
     lowered = onnx.GraphProto()
     lowered.CopyFrom(graph)
@@ -106,14 +106,6 @@ _ELEM = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE,
 
 def _what(node: onnx.NodeProto) -> str:
     return f"{node.op_type} node '{node.name or '<unnamed>'}'"
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
 
 
 def _on_opset_18(model: onnx.ModelProto) -> onnx.ModelProto:

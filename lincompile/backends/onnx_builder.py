@@ -29,6 +29,15 @@ def _np_to_proto(array: np.ndarray, name: str) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(array, order="C"), name)
 
 
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``… if taken; the result is added to ``taken``."""
+    base, i = name, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
 class FunctionBuilder:
     """Builds the body of one local function; names are local to the function."""
 
@@ -81,23 +90,15 @@ class OnnxBuilder:
         self._tensors: set[str] = set(shapes)
         self._nodes: set[str] = set()
 
-    @staticmethod
-    def _unique(name: str, taken: set[str]) -> str:
-        base, i = name, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        return name
-
     def tmp(self, suffix: str) -> str:
         """A fresh intermediate tensor name under the current IR node."""
-        return self._unique(f"{self.prefix}.{suffix}", self._tensors)
+        return unique_name(f"{self.prefix}.{suffix}", self._tensors)
 
     def shape_of(self, name: str) -> tuple:
         return self.shapes[name]
 
     def node(self, op_type: str, ins: Sequence[str], outs: Sequence[str], **attrs: Any) -> str:
-        name = self._unique(self.prefix, self._nodes)
+        name = unique_name(self.prefix, self._nodes)
         self.nodes.append(helper.make_node(op_type, list(ins), list(outs), name=name, **attrs))
         return outs[0]
 
@@ -117,7 +118,7 @@ class OnnxBuilder:
         if self.portable:
             self._inline(self.functions[fn], ins, outs, attrs)
             return outs[0]
-        name = self._unique(self.prefix, self._nodes)
+        name = unique_name(self.prefix, self._nodes)
         self.nodes.append(helper.make_node(fn, list(ins), list(outs), name=name, domain=DOMAIN,
                                            **{k: float(v) for k, v in attrs.items()}))
         return outs[0]
@@ -135,7 +136,7 @@ class OnnxBuilder:
                 names.setdefault(o, self.tmp(o))
             node.input[:] = [names[i] if i else "" for i in n.input]
             node.output[:] = [names[o] for o in n.output]
-            node.name = self._unique(self.prefix, self._nodes)
+            node.name = unique_name(self.prefix, self._nodes)
             for a in node.attribute:
                 if a.ref_attr_name:
                     a.CopyFrom(helper.make_attribute(a.name, float(attrs[a.ref_attr_name])))
