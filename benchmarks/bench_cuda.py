@@ -8,7 +8,8 @@ Times with CUDA events, after warm-up, taking medians:
 - the 784-128-10 MLP training step at batch 64 (cross-entropy; SGD, and Adam) against the
   same step in torch eager (zero_grad, forward, loss, backward, optimizer step).
 
-Bars: ≥ 0.7× cuBLAS for each product at 4096³; the training step faster than torch eager.
+Bars: ≥ 0.8× cuBLAS for each fp32 product at 4096³ (measured 0.80–0.82×); the training step
+faster than torch eager.
 
 ``--precisions fp32,tf32,bf16`` adds, per precision beyond fp32:
 
@@ -51,7 +52,7 @@ from lincompile.backends import cuda
 from lincompile.backends.cuda_build import find_nvcc
 
 SHAPES = [(4096, 4096, 4096), (64, 784, 128)]     # (N, C_in, C_out)
-PRODUCT_BAR = 0.7      # ≥ 0.7× cuBLAS at 4096³
+PRODUCT_BAR = 0.8      # ≥ 0.8× cuBLAS at 4096³ (fp32)
 PRODUCTS = {           # name -> (lincompile graph builder, torch op, numpy op)
     "Y = X·Wᵀ + b  (nt)": (
         lambda g, n, i, o: g.apply("linear", [g.input("x", ["N", i]), g.input("w", [o, i]),
