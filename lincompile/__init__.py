@@ -10,6 +10,8 @@ from .errors import (
     GradientError,
     LincompileError,
     ModelLoadError,
+    OptimizerError,
+    OverwriteError,
     ShapeError,
     UnsupportedOpError,
     ValidationError,
@@ -58,7 +60,8 @@ def save_onnx(graph, path, portable=False, inline=None, external_data=None):
 
 __all__ = [
     "SGD", "TARGETS", "Adagrad", "Adam", "AdamW", "CompileError", "Executable", "FeedError",
-    "GradientError", "Graph", "LincompileError", "ModelLoadError", "Node", "Param", "Report",
+    "GradientError", "Graph", "LincompileError", "ModelLoadError", "Node", "OptimizerError",
+    "OverwriteError", "Param", "Report",
     "ShapeError", "SplitTraining", "UnsupportedOpError", "ValidationError", "Value",
     "__version__", "compile", "grad", "load_onnx", "random_feeds", "save_onnx", "train",
     "training_graph", "validate", "write_trained",

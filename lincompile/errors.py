@@ -33,3 +33,11 @@ class ValidationError(LincompileError):
 
 class ModelLoadError(LincompileError):
     """A model file is unreadable, truncated, or fails the ONNX checker."""
+
+
+class OptimizerError(LincompileError):
+    """An optimizer setting outside its valid range (NaN, infinite, negative, …)."""
+
+
+class OverwriteError(LincompileError):
+    """An output would replace an input, or a file that lincompile did not write."""

@@ -16,11 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from .errors import LincompileError
-
-
-class OverwriteError(LincompileError):
-    """An output would replace an input, or a file that lincompile did not write."""
+from .errors import OverwriteError
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

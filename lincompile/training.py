@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .autodiff import append_grads
-from .errors import LincompileError
+from .errors import LincompileError, OptimizerError
 from .ir import Graph, Value
 from .ops.base import fmt_shape
 
@@ -38,9 +38,6 @@ PARAM_SUFFIXES = {"grad": "its gradient", "next": "its updated value",
 RESERVED = {"target": "the target input", "loss": "the loss output", "lr": "the learning rate",
             "step": "Adam's step count", "step.next": "the next step count"}
 
-
-class OptimizerError(LincompileError):
-    """An optimizer setting outside its valid range (NaN, infinite, negative, …)."""
 
 
 def _check(opt: object, name: str, lo: float, hi: float | None = None,

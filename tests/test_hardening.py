@@ -18,9 +18,8 @@ import lincompile as lc
 from lincompile.backends.c import write_c_sources, write_files
 from lincompile.backends.cuda import write_cuda_sources
 from lincompile.cli import main
+from lincompile.errors import OptimizerError, OverwriteError
 from lincompile.explain import explain
-from lincompile.files import OverwriteError
-from lincompile.training import OptimizerError
 
 CPU_TARGETS = [t for t in ("reference", "onnx", "c", "cuda-cpu") if t in TARGETS]
 
