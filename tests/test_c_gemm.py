@@ -144,8 +144,8 @@ def test_from_starts_from_another_matrix(lib, lay):
 
 def test_big_product_is_thread_count_independent(lib):
     """A product large enough to be split over threads (≥ 2 MFLOP) in every layout, also
-    starting from C (tn and tt split columns over one packed A that the threads share; the
-    thread count is ignored by a build without OpenMP)."""
+    starting from C, with column strips that start inside a register tile (the thread
+    count is ignored by a build without OpenMP)."""
     kind, _, so = lib
     rng = np.random.default_rng(1)
     M, N, K = 100, 150, 90
