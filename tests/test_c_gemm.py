@@ -143,21 +143,23 @@ def test_from_starts_from_another_matrix(lib, lay):
 
 
 def test_big_product_is_thread_count_independent(lib):
-    """A product large enough to be split over threads (≥ 2 MFLOP) in every layout (the
-    thread count is ignored by a build without OpenMP)."""
+    """A product large enough to be split over threads (≥ 2 MFLOP) in every layout, also
+    starting from C, with column strips that start inside a register tile (the thread
+    count is ignored by a build without OpenMP)."""
     kind, _, so = lib
     rng = np.random.default_rng(1)
     M, N, K = 100, 150, 90
-    for lay in ("nt", "nn", "tn"):
+    for lay, beta in (("nt", 0.0), ("nn", 0.0), ("tn", 0.0), ("tn", 0.5), ("tt", 0.5)):
         a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
         b = rng.standard_normal((N, K) if lay[1] == "t" else (K, N)).astype(np.float32)
         bias = rng.standard_normal(N).astype(np.float32)
+        c0 = rng.standard_normal((M, N)).astype(np.float32)
         outs = []
         for threads in (1, 2, 4):
-            c = np.full((M, N), np.nan, np.float32)
-            call(so, lay, a, b, c, 1.0, 0.0, bias, 1, threads)
+            c = c0.copy() if beta else np.full((M, N), np.nan, np.float32)
+            call(so, lay, a, b, c, 1.0, beta, bias, 1, threads)
             outs.append(c)
-        want = expected(lay, a, b, None, 1.0, 0.0, bias, 1)
+        want = expected(lay, a, b, c0, 1.0, beta, bias, 1)
         assert np.abs(outs[0] - want).max() < 1e-4 * np.abs(want).max()
         assert all(np.array_equal(outs[0], o) for o in outs[1:]), f"{kind} {lay}"
 
