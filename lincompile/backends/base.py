@@ -32,7 +32,7 @@ class Executable:
         self.input_names = [v.name for v in graph.inputs]
         self.output_names = [v.name for v in graph.outputs]
         #: what check_feeds enforces beyond names, dtypes and shapes (computed once)
-        self._labels = feed_rules(graph)
+        self._rules = feed_rules(graph)
 
     def run(self, feeds: Mapping[str, Any], poison: bool | None = None
             ) -> dict[str, np.ndarray]:
@@ -44,7 +44,7 @@ class Executable:
         the same calls made one after another. ``poison`` (default :data:`POISON`): fill
         the outputs with NaN before computing them, so one the code forgets stays NaN
         (for validation; the targets that allocate outputs fresh ignore it)."""
-        return self._run(check_feeds(self.graph, feeds, self._labels, self.wide_floats))
+        return self._run(check_feeds(self.graph, feeds, self._rules, self.wide_floats))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -71,7 +71,7 @@ class FeedRules:
 
     #: class-label inputs and their class count: every label in [0, classes)
     labels: dict[str, int] = field(default_factory=dict)
-    #: "count" inputs (Adam's ``step``): every value ≥ 0
+    #: "count" inputs (Adam's ``step``): every value in [0, 2^62)
     counts: frozenset[str] = frozenset()
     #: a training graph: its symbolic (batch) dims must not be 0
     training: bool = False
@@ -102,7 +102,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any],
                 wide_floats: bool = False) -> dict[str, np.ndarray]:
     """Check names, dtypes and shapes of ``feeds`` against the graph inputs; bind symbolic
     dims consistently; check what the ops require of the values (:class:`FeedRules`,
-    computed from the graph when not given: class labels in range, counts ≥ 0, no empty
+    computed from the graph when not given: class labels in range, counts in [0, 2^62), no empty
     batch in a training step). Returns C-contiguous arrays (copies only where needed).
     ``wide_floats`` also takes float64 arrays for float32 inputs, as they are."""
     if not isinstance(labels, FeedRules):
@@ -161,7 +161,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any],
 
 def check_values(name: str, a: np.ndarray, rules: FeedRules) -> None:
     """What :func:`check_feeds` requires of a feed's values (not only of its dtype and
-    shape): class labels in range, counts ≥ 0. Executables that skip the other checks for
+    shape): class labels in range, counts in [0, 2^62). Executables that skip the other checks for
     a feed signature they have already accepted still run this on every call."""
     if name in rules.labels and a.size and (a.min() < 0 or a.max() >= rules.labels[name]):
         raise FeedError(f"feed '{name}' holds class labels outside "

@@ -477,7 +477,7 @@ class CExecutable(Executable):
             got = call.fast(feeds)
             if got is not None:
                 return got
-        checked = check_feeds(self.graph, feeds, self._labels, self.wide_floats)
+        checked = check_feeds(self.graph, feeds, self._rules, self.wide_floats)
         n = self.batch(checked)
         if call is None or call.n != n:
             call = self._local.call = _Call(self, n)
@@ -521,11 +521,10 @@ class _Call:
                 self._remember(buf)
                 self.scalars.append((i, buf, (int,) if v.dtype == "int64" else (float, int),
                                      buf.dtype))
-        rules = exe._labels
-        self.labels = [(i, v.name, rules.labels[v.name]) for i, v in enumerate(g.inputs)
-                       if v.name in rules.labels]
+        rules = exe._rules
+        self.labels = [(i, v.name) for i, v in enumerate(g.inputs) if v.name in rules.labels]
         self.counts = [(i, v.name) for i, v in enumerate(g.inputs) if v.name in rules.counts]
-        self.guards = _label_guards(g, [name for _, name, _ in self.labels])
+        self.guards = _label_guards(g, [name for _, name in self.labels])
         self.outputs = [([], tuple(n if isinstance(d, str) else d for d in v.shape),
                          np.dtype(v.dtype)) for v in g.outputs]
 
@@ -557,7 +556,7 @@ class _Call:
         except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
             return None   # the checked path says what is wrong, if anything
         for i, name in self.counts:   # Adam's step: a scalar, cheap to look at each time
-            check_values(name, arrays[i], self.exe._labels)
+            check_values(name, arrays[i], self.exe._rules)
         if self.guards is None:
             self._check_labels(arrays)
         addr, ins = self.addr, []
@@ -575,10 +574,8 @@ class _Call:
         return outs
 
     def _check_labels(self, arrays: list[np.ndarray]) -> None:
-        for i, name, classes in self.labels:
-            a = arrays[i]
-            if a.size and (a.min() < 0 or a.max() >= classes):
-                check_values(name, a, self.exe._labels)   # raises, with the message
+        for i, name in self.labels:
+            check_values(name, arrays[i], self.exe._rules)
 
     def slow(self, checked: dict[str, np.ndarray], poison: bool) -> dict[str, np.ndarray]:
         """The outputs for feeds that :func:`.base.check_feeds` has just returned."""
@@ -658,7 +655,7 @@ class Bound:
 
     def __init__(self, exe: CExecutable, feeds: Mapping[str, np.ndarray], inplace: bool):
         g = exe.graph
-        feeds = check_feeds(g, feeds, exe._labels)
+        feeds = check_feeds(g, feeds, exe._rules)
         self.n = n = exe.batch(feeds)
         self._ws = allocate(exe.workspace_size(n) + 64, exe._what, n)
         self.inputs = {v.name: np.array(feeds[v.name], order="C") for v in g.inputs}
