@@ -30,6 +30,7 @@ import numpy as np
 
 from .backends import compile
 from .errors import LincompileError
+from .files import refuse_inputs
 from .ir import Graph
 from .progress import Progress
 from .train_data import load_data
@@ -199,8 +200,8 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
     if epochs < 1 or batch_size < 1:
         raise LincompileError("epochs and batch_size must be ≥ 1")
     path = None if isinstance(model, Graph) else Path(model)
-    if path is not None and out is not None and Path(out).resolve() == path.resolve():
-        raise LincompileError(f"will not write over the model '{model}'; choose another output")
+    if path is not None and out is not None:   # before training, not after
+        refuse_inputs([out], [path])
     if path is None and logits is not None:
         raise LincompileError("logits= chooses a tensor of a model file; pass the path")
     if precision != "fp32" and target not in ("cuda", "cuda-cpu"):

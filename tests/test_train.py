@@ -290,7 +290,7 @@ def usage_error(capsys, *args) -> str:
 
 
 @pytest.mark.parametrize("args, words", [
-    (["-o", "{model}"], ["will not write over"]),
+    (["-o", "{model}"], ["it is the input file"]),
     (["--optimizer", "none"], ["needs an optimizer"]),
     (["--emit-grads"], ["--emit-grads does not apply"]),
     (["--val-split", "1"], ["--val-split", "in [0, 1)"]),
