@@ -152,6 +152,8 @@ def roles(graph) -> tuple[list, list, list]:
     """(trainable parameters, frozen parameters, optimizer state) of a model or training
     graph: in a training graph a trainable parameter is an input ``P`` with ``P.next`` or
     ``P.grad`` among the outputs."""
+    from .training import STATE_SUFFIXES
+
     outs = {v.name for v in graph.outputs}
     frozen = [p.value for p in graph.params.values() if not p.const and not p.trainable]
     if graph.meta.get("lincompile.role") != "training" and not any(
@@ -161,7 +163,7 @@ def roles(graph) -> tuple[list, list, list]:
     stepped = [v for v in graph.inputs if f"{v.name}.next" in outs or f"{v.name}.grad" in outs]
     names = {v.name for v in stepped}
     state = [v for v in stepped if v.name == "step"
-             or any(v.name == f"{p}.{s}" for p in names for s in ("velocity", "m", "v", "sum"))]
+             or any(v.name == f"{p}.{s}" for p in names for s in STATE_SUFFIXES)]
     trainable = [v for v in stepped if v not in state]
     frozen += [p.value for p in graph.params.values() if not p.const and p.trainable]
     return trainable, frozen, state

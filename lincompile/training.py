@@ -28,12 +28,13 @@ from .ir import Graph, Value
 from .ops.base import fmt_shape
 
 LOSSES = {"cross-entropy": "softmax_cross_entropy", "mse": "mse"}
+#: Each optimizer's state per trainable parameter P (inputs "P.velocity", "P.m", …)
+STATE_SUFFIXES = {"velocity": "SGD momentum", "m": "Adam first moment",
+                  "v": "Adam second moment", "sum": "Adagrad sum of squares"}
 #: What a training graph adds per trainable parameter P: "P.grad", "P.next", "P.m", …
 PARAM_SUFFIXES = {"grad": "its gradient", "next": "its updated value",
-                  "velocity": "its SGD momentum", "m": "its Adam first moment",
-                  "v": "its Adam second moment", "sum": "its Adagrad sum of squares",
-                  "velocity.next": "its next SGD momentum", "sum.next": "its next Adagrad sum",
-                  "m.next": "its next Adam first moment", "v.next": "its next Adam second moment"}
+                  **{s: f"its {what}" for s, what in STATE_SUFFIXES.items()},
+                  **{f"{s}.next": f"its next {what}" for s, what in STATE_SUFFIXES.items()}}
 #: The training graph's own inputs and outputs.
 RESERVED = {"target": "the target input", "loss": "the loss output", "lr": "the learning rate",
             "step": "Adam's step count", "step.next": "the next step count"}

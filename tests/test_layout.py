@@ -325,3 +325,22 @@ def test_docs_onnxruntime_loop_runs_as_written(tmp_path):
     x, y = load_digits()
     sess = ort.InferenceSession(trained, providers=["CPUExecutionProvider"])
     assert np.mean(np.argmax(sess.run(None, {"x": x})[0], axis=1) == y) > 0.9
+
+
+@pytest.mark.parametrize("opt", [lc.SGD(0.1, momentum=0.9), lc.Adam(0.01), lc.Adagrad(0.1)],
+                         ids=["momentum", "adam", "adagrad"])
+def test_write_trained_takes_a_whole_step_output(opt, tmp_path):
+    """Every optimizer's state outputs (``P.velocity``, ``P.m``/``P.v``, ``P.sum``, ``step``)
+    may be passed along with ``P.next``: only the parameters are written."""
+    g = lc.Graph("m", seed=0)
+    g.output(g.linear(g.input("x", ["N", 4]), 3, name="fc"), name="y")
+    src = lc.save_onnx(g, tmp_path / "m.onnx")
+    t = lc.training_graph(lc.load_onnx(src), loss="mse", optimizer=opt)
+    feeds = {**start_state(t), "x": np.ones((2, 4), np.float32),
+             "target": np.zeros((2, 3), np.float32)}
+    out = lc.compile(t, "reference").run(feeds)
+    lc.write_trained(src, out, tmp_path / "trained.onnx", params=t)
+    got = {i.name: numpy_helper.to_array(i)
+           for i in onnx.load(tmp_path / "trained.onnx").graph.initializer}
+    np.testing.assert_array_equal(got["fc.weight"], out["fc.weight.next"])
+    np.testing.assert_array_equal(got["fc.bias"], out["fc.bias.next"])

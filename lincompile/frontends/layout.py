@@ -24,10 +24,9 @@ from onnx import numpy_helper
 from ..errors import LincompileError, ShapeError
 from ..files import refuse_inputs, write_atomically
 from ..ir import Graph
+from ..training import STATE_SUFFIXES
 
 TRANSFORMS = ("identity", "transpose", "reshape")
-#: Names in a training step's feeds and outputs that are not parameters.
-_STATE = ("velocity", "m", "v")
 
 
 def layout_of(graph: Graph) -> dict[str, dict[str, str]]:
@@ -73,7 +72,7 @@ def _is_state(name: str, layout: dict) -> bool:
     base = base[:-len(".grad")] if base.endswith(".grad") else base
     if base in ("step", "lr", "loss") or base in layout:
         return True
-    return any(base == f"{p}.{s}" for p in layout for s in _STATE)
+    return any(base == f"{p}.{s}" for p in layout for s in STATE_SUFFIXES)
 
 
 def _inverse(name: str, spec: dict, value: np.ndarray, like: np.ndarray) -> np.ndarray:
