@@ -49,6 +49,18 @@ class Executable:
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    #: the largest batch the compiled code can take (a ``c_kernels.BatchLimit``; None: any)
+    _limit = None
+
+    def batch(self, feeds: Mapping[str, Any]) -> int:
+        """The batch size N of checked ``feeds`` (0 when the graph has no symbolic dim): a
+        FeedError if the compiled code cannot take it."""
+        for v in self.graph.inputs:
+            for d, n in zip(v.shape, feeds[v.name].shape):
+                if isinstance(d, str):
+                    return self._limit.check(int(n)) if self._limit else int(n)
+        return 0
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.graph.name!r} target={self.target}>"
 

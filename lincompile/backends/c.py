@@ -453,13 +453,6 @@ class CExecutable(Executable):
         """The address of this thread's 64-byte aligned workspace for batch ``n``."""
         return self._ws.address(n)
 
-    def batch(self, feeds: Mapping[str, np.ndarray]) -> int:
-        for v in self.graph.inputs:
-            for d, n in zip(v.shape, np.shape(feeds[v.name])):
-                if isinstance(d, str):
-                    return self._limit.check(int(n))
-        return 0
-
     def run(self, feeds: Mapping[str, Any], poison: bool | None = None
             ) -> dict[str, np.ndarray]:
         """The outputs for ``feeds``, computed by one call of the generated entry point.

@@ -300,13 +300,6 @@ class _CudaExecutable(Executable):
         """The generated CUDA file."""
         return (self.path.parent / "model.cu").read_text()
 
-    def batch(self, feeds: Mapping[str, Any]) -> int:
-        for v in self.graph.inputs:
-            for d, n in zip(v.shape, feeds[v.name].shape):
-                if isinstance(d, str):
-                    return self._limit.check(int(n))
-        return 0
-
     def shape(self, v: Value, n: int) -> tuple[int, ...]:
         return tuple(n if isinstance(d, str) else d for d in v.shape)
 
