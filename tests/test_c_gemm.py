@@ -213,3 +213,17 @@ def test_thresholds_are_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("LINCOMPILE_TUNE", "0")
     assert c_tiles.gemm_tiles(flags)["direct_max_m"] == c_tiles.DEFAULT_DIRECT_MAX_M
     c_tune._MEMO.clear()
+
+
+def test_crossing_needs_a_clear_win_so_noise_cannot_move_it():
+    """The threshold is the last row count before the unpacked path stops being clearly
+    faster; ratios that wobble around 1 (timing noise near the crossing) never extend it."""
+    rng = np.random.default_rng(1)
+    base = dict(zip(c_tune.ROWS, (0.2, 0.2, 0.3, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)))
+    picks = set()
+    for _ in range(200):
+        noisy = {m: r * (1 + rng.uniform(-0.03, 0.03)) for m, r in base.items()}
+        picks.add(c_tune._crossing(lambda m: noisy[m], lambda m: 1.0))
+    assert picks == {64}
+    assert c_tune._crossing(lambda m: 1.0, lambda m: 1.0) == 0
+    assert c_tune._crossing(lambda m: 0.5, lambda m: 1.0) == max(c_tune.ROWS)

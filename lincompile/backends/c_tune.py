@@ -9,8 +9,11 @@ tiles), cached beside the build cache in ``<cache>/tune/<key>.json``.
 The measurement builds one small library (through the build cache), times both paths at a
 few row counts on a fixed-size product, interleaved, taking medians of per-thread CPU time
 (so other load on the machine disturbs it little), and takes the largest row count up to
-which the unpacked path is not slower. It takes a second or two, once; the choice is then
-read from the cache, so it is the same for every later build. ``LINCOMPILE_TUNE=0`` skips
+which the unpacked path is clearly faster (by :data:`MARGIN`: near the crossing both paths
+run within a few per cent of each other, and timing noise would otherwise move the choice
+from one measurement to the next; the margin makes a repeated measurement on the same host
+give the same answer). It takes a second or two, once; the choice is then read from the
+cache, so it is the same for every later build. ``LINCOMPILE_TUNE=0`` skips
 it (defaults: :data:`.c_tiles.DEFAULT_DOT_MAX_M`, :data:`.c_tiles.DEFAULT_DIRECT_MAX_M`).
 A failure to build or run the measurement falls back to the defaults; ``lincompile cache
 clear`` forgets the choices (they are measured again at the next build).
@@ -41,11 +44,14 @@ from .build import (
 )
 from .render import render
 
-VERSION = "3"   # bump when the measurement changes: old cached choices are then ignored
+VERSION = "4"   # bump when the measurement changes: old cached choices are then ignored
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SIZE = 512      # N = K of the timed nt products (W of 512 × 512: 1 MiB)
 DIRECT_K = 128  # K of the timed nn products (N = SIZE; B of 256 KiB: the direct path's case)
 KNOBS = ("dot_max_m", "direct_max_m")
+#: the unpacked path is taken at a row count only where it takes at most this fraction of
+#: the packed path's time
+MARGIN = 0.95
 _LOCK = threading.Lock()
 _MEMO: dict[Path, dict[str, int]] = {}
 
@@ -91,11 +97,11 @@ def _source(tiles: dict) -> str:
 
 def _crossing(time_unpacked, time_packed) -> int:
     """The largest row count of :data:`ROWS`, scanning up, up to which the unpacked path is
-    not slower than the packed one (0 if it loses already at one row)."""
+    faster than the packed one by :data:`MARGIN` (0 if it is not already at one row)."""
     best = 0
     for m in ROWS:
         a, b = time_unpacked(m), time_packed(m)
-        if a > b * 1.02:
+        if a > b * MARGIN:
             break
         best = m
     return best
