@@ -363,6 +363,33 @@ def test_an_empty_batch_is_a_feed_error_for_training_and_empty_for_forward(targe
         lc.compile(t, target).run(lc.random_feeds(t, batch=0))
 
 
+@pytest.mark.parametrize("target", CPU_TARGETS)
+@pytest.mark.parametrize("loss", ["mse", "cross-entropy"])
+def test_a_mean_loss_over_an_empty_batch_is_nan_as_in_torch(target, loss):
+    """A model whose output is a mean loss: over N = 0 it is 0 / 0 = NaN (torch's mean of an
+    empty tensor), never 0; onnxruntime's SoftmaxCrossEntropyLoss cannot run on an empty
+    batch, which target onnx says in one line."""
+    torch = pytest.importorskip("torch", reason="the reference for the mean of nothing")
+    m = lc.Graph("empty", seed=0)
+    h = m.linear(m.input("x", ["N", 4]), 3, name="fc")
+    x = np.zeros((0, 4), np.float32)
+    if loss == "mse":
+        m.output(m.mse(h, m.input("t", ["N", 3])), name="loss")
+        feeds = {"x": x, "t": np.zeros((0, 3), np.float32)}
+        want = torch.nn.functional.mse_loss(torch.zeros(0, 3), torch.zeros(0, 3))
+    else:
+        m.output(m.softmax_cross_entropy(h, m.input("t", ["N"], "int64")), name="loss")
+        feeds = {"x": x, "t": np.zeros(0, np.int64)}
+        want = torch.nn.functional.cross_entropy(torch.zeros(0, 3), torch.zeros(0).long())
+    assert torch.isnan(want)
+    if target == "onnx" and loss == "cross-entropy":
+        with pytest.raises(lc.FeedError, match=r"SoftmaxCrossEntropyLoss cannot take an empty"):
+            lc.compile(m, target).run(feeds)
+        return
+    with np.errstate(all="ignore"):
+        assert np.isnan(lc.compile(m, target).run(feeds)["loss"])
+
+
 # ---------------------------------------------------------------------------- 6. markdown
 HOSTILE = ["<script>alert(1)</script>", "a|b", "`tick`", "**bold**", "[x](http://e.vil)",
            "line\nbreak", "&amp;", "$x$"]

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .. import __version__
-from ..errors import CompileError, LincompileError
+from ..errors import CompileError, FeedError, LincompileError
 from ..files import write_atomically
 from ..ir import Graph, Value
 from ..ops import get_op
@@ -140,6 +140,12 @@ class OnnxExecutable(Executable):
                                f"{str(e).splitlines()[0]}") from None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if any(0 in np.shape(v) for v in feeds.values()):
+            for n in self.graph.nodes:
+                if n.op == "softmax_cross_entropy":   # it fails inside onnxruntime
+                    raise FeedError(f"node '{n.name}' (softmax_cross_entropy): onnxruntime's "
+                                    "SoftmaxCrossEntropyLoss cannot take an empty batch; the "
+                                    "other targets give NaN (the mean of nothing)")
         try:
             outs = self.session.run(self.output_names, feeds)
         except Exception as e:

@@ -13,6 +13,12 @@ from ..errors import ShapeError
 from .base import OpDef, expect, fmt_shape, register, same_dtype, same_shape, scalar
 
 
+def _mean(x: np.ndarray) -> np.ndarray:
+    """The mean of all of ``x``; of nothing, NaN (0 / 0, as torch) without a warning."""
+    with np.errstate(invalid="ignore"):
+        return np.sum(x) / x.size if x.size else np.sum(x) * np.nan
+
+
 # ------------------------------------------------------------------------------ mse
 def _mse_infer(pred, target):
     expect(pred)
@@ -28,7 +34,11 @@ def _mse_grad_infer(dloss, pred, target):
 def _mse_body(f):
     pred, target = f.inputs
     diff = f.node("Sub", [pred, target], ["diff"])
-    f.node("ReduceMean", [f.node("Mul", [diff, diff], ["sq"])], f.outputs, keepdims=0)
+    # sum / count rather than ReduceMean: onnxruntime's ReduceMean of nothing is 0, where
+    # the mean of an empty batch is NaN (0 / 0) as in torch and on the other targets
+    total = f.node("ReduceSum", [f.node("Mul", [diff, diff], ["sq"])], ["total"], keepdims=0)
+    numel = f.node("CastLike", [f.node("Size", [pred], ["size"]), pred], ["numel"])
+    f.node("Div", [total, numel], f.outputs)
 
 
 def _mse_grad_body(f):
@@ -49,7 +59,7 @@ mse_grad = register(OpDef(
 
 mse = register(OpDef(
     "mse", ("pred", "target"), _mse_infer,
-    lambda pred, target: np.asarray(np.mean((pred - target) ** 2), pred.dtype),
+    lambda pred, target: np.asarray(_mean((pred - target) ** 2), pred.dtype),
     grad=(lambda g, dy, pred, target, **_: g.apply("mse_grad", [dy, pred, target]),
           lambda g, dy, pred, target, **_: g.mul(g.apply("mse_grad", [dy, pred, target]),
                                                  g.const(np.array(-1, pred.dtype)))),
@@ -91,7 +101,7 @@ def log_softmax(x):
 
 def _sce_ref(logits, labels):
     logp = log_softmax(logits)
-    return np.asarray(-logp[np.arange(len(labels)), labels].mean(), logits.dtype)
+    return np.asarray(-_mean(logp[np.arange(len(labels)), labels]), logits.dtype)
 
 
 def _sce_grad_ref(dloss, logits, labels):
