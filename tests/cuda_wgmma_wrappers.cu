@@ -26,7 +26,7 @@ __global__ void wgmma_kernel(const unsigned char* image, long long bytes, uint64
 /* One TMA copy of the box at (c0, c1) of the rows x cols matrix g (row stride ld elements of
    esize bytes) with the given swizzle (0, 32, 64, 128 bytes) into shared memory at offset dst,
    waited for on an mbarrier by 32 threads; out: the whole shared memory afterwards (0xab
-   before), and the mbarrier's phase parity seen before and after. */
+   before); flags[0]: the phase before the first counts as complete, flags[1]: the first is. */
 __global__ void tma_kernel(const CUtensorMap map, int c0, int c1, int dst, long long bytes, unsigned char* out,
                            int* flags) {
     LC_DYNAMIC_SHARED(unsigned char, smem);
@@ -46,17 +46,18 @@ __global__ void tma_kernel(const CUtensorMap map, int c0, int c1, int dst, long 
     while (!lc_mbar_try_wait(bar, 0)) {
     }
     __syncthreads();
-    if (t == 0) flags[1] = lc_mbar_try_wait(bar, 1) ? 1 : 0;   /* the second phase: not complete */
+    if (t == 0) flags[1] = lc_mbar_try_wait(bar, 0) ? 1 : 0;   /* still complete */
     for (long long i = t; i < bytes - 8; i += 32) out[i] = smem[i];
 }
 
 /* An mbarrier nobody completes: the emulator reports a deadlock. */
 __global__ void stuck_kernel() {
     LC_DYNAMIC_SHARED(uint64_t, bar);
-    if (threadIdx.x == 0) lc_mbar_init(bar, 2);
+    if (threadIdx.x == 0) lc_mbar_init(bar, 64);
     __syncthreads();
     lc_mbar_arrive(bar);
-    if (threadIdx.x == 0) while (!lc_mbar_try_wait(bar, 0)) {}   /* 32 arrivals, count 2: aborts */
+    while (!lc_mbar_try_wait(bar, 0)) {   /* 32 arrivals of 64: never completes */
+    }
 }
 
 extern "C" {
@@ -68,6 +69,8 @@ int t_wgmma(int prec, int n, int ta, int tb, const void* image, long long bytes,
         else if (ta) k = wgmma_kernel<64, 2, true, false>;
         else if (tb) k = wgmma_kernel<64, 2, false, true>;
         else k = wgmma_kernel<64, 2, false, false>;
+    } else if (prec == 2 && n == 128 && !ta && tb) {
+        k = wgmma_kernel<128, 2, false, true>;
     } else if (prec == 2 && n == 16 && !ta && !tb) {
         k = wgmma_kernel<16, 2, false, false>;
     } else if (prec == 1 && n == 64 && !ta && !tb) {
