@@ -120,7 +120,7 @@ def desc(start: int, lbo: int, sbo: int, swizzle: int) -> int:
     29-16 leading dimension byte offset, 45-32 stride dimension byte offset, each encoded
     (x & 0x3FFFF) >> 4; bits 63-62 swizzle mode (0 none, 1 128B, 2 64B, 3 32B)."""
     mode = {0: 0, 128: 1, 64: 2, 32: 3}[swizzle]
-    enc = lambda x: (x & 0x3FFFF) >> 4  # noqa: E731
+    enc = lambda x: (x & 0x3FFFF) >> 4
     return enc(start) | enc(lbo) << 16 | enc(sbo) << 32 | mode << 62
 
 
@@ -150,7 +150,8 @@ def place(img: np.ndarray, base: int, mat: np.ndarray, esize: int, layout: str, 
             elif layout == "mn128":
                 r, byte = j % 8, (i % (128 // esize)) * esize
                 chunk = (byte // 16) ^ r if swizzle else byte // 16
-                off = (i // (128 // esize)) * lbo + (j // 8) * sbo + r * 128 + chunk * 16 + byte % 16
+                off = ((i // (128 // esize)) * lbo + (j // 8) * sbo + r * 128 + chunk * 16
+                       + byte % 16)
             else:
                 off = (i // 8) * sbo + (j // per) * lbo + (i % 8) * 16 + (j % per) * esize
             img[base + off:base + off + esize] = np.frombuffer(bits[i, j].tobytes(), np.uint8)

@@ -59,6 +59,12 @@
  *    the mask aborts.  Lanes a partial last warp does not have are dropped from masks.
  *    cp.async copies are made at the cp.async.wait_group that covers them (or when the
  *    thread exits), so shared memory read before the wait shows the old contents.
+ *  - sm_90: TMA tensor copies (cuTensorMapEncodeTiled through cudaGetDriverEntryPoint*,
+ *    cp.async.bulk.tensor.2d with swizzle and zero fill), mbarrier objects (init, arrive,
+ *    expect_tx, try_wait.parity; a waiting thread blocks until its phase completes) and wgmma
+ *    over a warpgroup of 128 threads (fence, mma_async from matrix descriptors, commit, wait),
+ *    see the section at the end of this file. The fiber scheduler repeats its pass over the
+ *    warps while warpgroup collectives or mbarrier phases make threads ready.
  *  - atomicAdd/atomicSub/atomicExch/atomicMax/atomicMin/atomicCAS (int,
  *    unsigned, float, double where CUDA has them): fibers never interleave
  *    inside one, and they are also atomic across OS threads.
@@ -85,8 +91,9 @@
  *    that a GPU could exhibit may go unnoticed.
  *  - The memory model (fences are plain fences, no caches), `extern __shared__`
  *    declarations (write LC_DYNAMIC_SHARED(T, name) instead, see above), __constant__
- *    / texture memory, cooperative groups, dynamic parallelism, clusters, wgmma/TMA,
- *    streams/events ordering, float rounding differences (no
+ *    / texture memory, cooperative groups, dynamic parallelism, clusters (a TMA copy or
+ *    mbarrier is the block's own), TMA multicast / stores / im2col, setmaxnreg, wgmma with A
+ *    in registers or sparse, streams/events ordering, float rounding differences (no
  *    forced FMA contraction; nvcc contracts a*b+c into fma by default).
  *  - Resource limits other than block/grid dims (registers, shared memory
  *    size) and out-of-bounds checks (use ASan-free builds; fibers and ASan do
