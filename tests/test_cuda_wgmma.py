@@ -452,7 +452,8 @@ def gpu_graph(c_in: int, c_out: int) -> lc.Graph:
 def test_gpu_products_on_wgmma_against_float64(prec):
     """On the GPU (sm_90a build): the three products at 4096 and at tile-edge shapes against
     float64 products of the operands as the kernels read them: bf16 copies; tf32 y on wgmma
-    (low bits dropped), tf32 dx, dw on mma.sync (rounded). Bound 1e-5 relative."""
+    (low bits dropped), tf32 dx, dw on mma.sync (rounded). Bound 1e-5 relative (5e-5 at
+    4096: fp32 accumulation over K = 4096)."""
     torch = pytest.importorskip("torch")
     if cuda.default_arch(prec) != "sm_90a":
         pytest.skip(f"the device is {cuda.device_arch()}, not sm_90 (or LINCOMPILE_WGMMA=0)")
@@ -474,11 +475,12 @@ def test_gpu_products_on_wgmma_against_float64(prec):
         Yr, Wr, Xr = rd(got["y"], False), rd(feeds["w"], False), rd(feeds["x"], False)
         errs["dx"] = rel(got["dx"], (Yr @ Wr).cpu().numpy())
         errs["dw"] = rel(got["dw"], (Yr.T @ Xr).cpu().numpy())
-        assert max(errs.values()) <= 1e-5, (prec, c_in, c_out, n, errs)
+        tol = 5e-5 if n >= 4096 else 1e-5
+        assert max(errs.values()) <= tol, (prec, c_in, c_out, n, errs)
         if prec == "tf32" and nt_on_wgmma:   # and not the rounded reference: wgmma ran
             Y2 = torch.relu(rd(feeds["x"], False) @ rd(feeds["w"], False).T
                             + torch.from_numpy(feeds["b"].astype(np.float64)).cuda())
-            assert rel(got["y"], Y2.cpu().numpy()) > 2e-5, (c_in, c_out, n)
+            assert rel(got["y"], Y2.cpu().numpy()) > 2 * tol, (c_in, c_out, n)
 
 
 def test_environment_switch_is_documented():
