@@ -60,6 +60,16 @@ __global__ void stuck_kernel() {
     }
 }
 
+/* wgmma.mma_async without a wgmma.fence first: the emulator aborts. */
+__global__ void unfenced_kernel() {
+    LC_DYNAMIC_SHARED(unsigned char, smem);
+    float d[4] = {0, 0, 0, 0};
+    const uint64_t desc = (uint64_t)(lc_smem_u32(smem) >> 4) | 1ull << 16 | 8ull << 32;   /* no swizzle */
+    lc_wgmma_bf16<8, false, false>(d, desc, desc);
+    lc_wgmma_commit();
+    lc_wgmma_wait<0>();
+}
+
 extern "C" {
 int t_wgmma(int prec, int n, int ta, int tb, const void* image, long long bytes, uint64_t da, uint64_t db,
             const float* c, float* out) {
@@ -105,6 +115,10 @@ int t_tma(const void* g, long long rows, long long cols, long long ld, int esize
 }
 int t_stuck() {
     LC_LAUNCH(stuck_kernel, 1, 32, 64, 0)();
+    return 0;
+}
+int t_unfenced() {
+    LC_LAUNCH(unfenced_kernel, 1, 128, 4096, 0)();
     return 0;
 }
 }

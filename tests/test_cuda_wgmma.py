@@ -9,7 +9,7 @@
     offsets, k slices by start address), descriptors built bit by bit, accumulators mapped back
     by the documented D fragment layout, against float64 products (bf16 exact, tf32 with the
     low 13 bits dropped); a wrong swizzle fails; accumulators change only at the wait; an
-    mbarrier that never completes aborts with a clear message.
+    mbarrier that never completes, or wgmma without wgmma.fence, aborts with a clear message.
 (b) lc_mma_gemm on the emulator with the wgmma kernels enabled (emulator tiles): every layout
     in bf16, the K-major tf32 layout (the others fall back to mma.sync), tile-edge shapes,
     the epilogue variants, NaN / Inf, misaligned tf32 rows falling back; a launch counter shows
@@ -297,13 +297,16 @@ def test_tma_box_swizzle_zero_fill_and_phase(blocks, esize, swizzle, box, coords
     assert flags[0] == 1 and flags[1] == 1
 
 
-def test_mbarrier_that_never_completes_aborts(jobs, blocks):
+@pytest.mark.parametrize("fn,message", [("t_stuck", "MBARRIER DEADLOCK"),
+                                        ("t_unfenced", "before any wgmma.fence")])
+def test_misuse_aborts_with_a_message(jobs, blocks, fn, message):
+    """An mbarrier phase that never completes; wgmma.mma_async without wgmma.fence first."""
     d, _ = jobs
     r = subprocess.run([sys.executable, "-c", "import ctypes, sys; "
-                        f"ctypes.CDLL({str(d / 'blocks.so')!r}).t_stuck(); print('returned')"],
+                        f"ctypes.CDLL({str(d / 'blocks.so')!r}).{fn}(); print('returned')"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "returned" not in r.stdout
-    assert "MBARRIER DEADLOCK" in r.stderr, r.stderr
+    assert message in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------- (b) lc_mma_gemm with wgmma

@@ -304,7 +304,7 @@ struct WgmmaOp {
     long group;             /* -1 until wgmma.commit_group */
     float* d[128];          /* each thread's accumulator fragment */
 };
-struct WarpgroupState { int n_ops; long committed; WgmmaOp ops[LC_EMU_MAX_WGMMA]; };
+struct WarpgroupState { int n_ops; long committed; bool fenced; WgmmaOp ops[LC_EMU_MAX_WGMMA]; };
 
 struct Runner {
     ucontext_t sched;
@@ -1226,21 +1226,21 @@ static inline void lc_cp_async_wait_all() {
  *       defines them under nvcc for the N it uses; the emulation here takes any N.
  *   lc_wgmma_fence_acc<R>(d)            keeps the compiler from moving reads of the accumulators
  *                                       above lc_wgmma_wait (no instruction)
- * THE EMULATION (PTX ISA 8.x; section numbers of the ISA document for PTX 8.7 / 9.0):
- *   mbarrier (9.7.13.15): a table per block keyed by the object's address: expected and pending
+ * THE EMULATION (PTX ISA 8.x / 9.0; 9.7.15.x numbers as in the ISA document for PTX 9.0):
+ *   mbarrier (the mbarrier instructions and their phase / tx-count semantics): a table per block keyed by the object's address: expected and pending
  *     arrivals, tx-count, phase. A phase completes when pending arrivals and tx-count are both
  *     zero; try_wait.parity(p) is true when the current phase's parity differs from p (the phase
  *     of parity p has completed). A thread whose phase has not completed blocks (FiberState::
  *     AtMbar) until it has; nothing that can complete it: MBARRIER DEADLOCK. Arrivals beyond
  *     the expected count, or an uninitialized object: abort.
- *   TMA (9.7.9.25, 5.5 tensors; cuTensorMapEncodeTiled of the driver API): the copy is recorded
+ *   TMA (cp.async.bulk.tensor, 5.5 Tensors; cuTensorMapEncodeTiled of the driver API): the copy is recorded
  *     on its mbarrier and lands when a thread waits on that mbarrier (so shared memory read
  *     before the wait shows old data): elements outside the tensor are zeros, every box byte
  *     counts toward complete_tx, the box is written densely (rows of boxDim[0] elements) and
  *     the swizzle modes permute 16-byte chunks by address bits: 128B: bits [4,7) ^= bits [7,10);
  *     64B: [4,6) ^= [7,9); 32B: bit 4 ^= bit 7. Modelled: rank 2, element strides 1, no
  *     interleave, swizzled boxes exactly one swizzle span wide (else abort: not modelled).
- *   wgmma (9.7.15): an operation is recorded at mma_async (every thread of the warpgroup
+ *   wgmma (9.7.15, asynchronous warpgroup-level matrix instructions): an operation is recorded at mma_async (every thread of the warpgroup
  *     must call it with the same descriptors) and performed at the wait_group that covers its
  *     commit group (so accumulators read before the wait show old values, and shared memory
  *     is read at the wait). A and B are decoded from the matrix descriptors (9.7.15.5.1.2.2:
@@ -1362,7 +1362,7 @@ static bool mbar_waiter_ready(Runner& R, Fiber& f) {
 static void async_block_start(Runner& R) {
     R.n_mbars = 0;
     if (R.wgs)
-        for (int i = 0; i < 8; ++i) R.wgs[i].n_ops = 0, R.wgs[i].committed = 0;
+        for (int i = 0; i < 8; ++i) R.wgs[i].n_ops = 0, R.wgs[i].committed = 0, R.wgs[i].fenced = false;
 }
 static void async_block_end(Runner& R, const char* kname) {
     if (!R.wgs) return;
@@ -1458,11 +1458,15 @@ static inline void group_collective(void* data, WarpFn fn, const char* what, con
     fn(lanes, 0);
     for (int l = 0; l < 128; ++l) R.fibers[g0 + l].state = FiberState::Ready;
 }
-static void wg_nop(void* const*, unsigned) {}
+static void wg_fence(void* const*, unsigned) { warpgroup(runner()).fenced = true; }
 static void wg_record(void* const* d, unsigned) {
     Runner& R = runner();
     WarpgroupState& s = warpgroup(R);
     const WgArg& a0 = *(const WgArg*)d[0];
+    if (!s.fenced) {   /* PTX ISA, wgmma.fence: required before the warpgroup's first mma_async */
+        fprintf(stderr, "lc_emu: wgmma.mma_async before any wgmma.fence of its warpgroup\n");
+        abort();
+    }
     if (s.n_ops == LC_EMU_MAX_WGMMA) {
         fprintf(stderr, "lc_emu: more than %d wgmma.mma_async in flight in one warpgroup\n", LC_EMU_MAX_WGMMA);
         abort();
@@ -1722,7 +1726,7 @@ static inline void lc_tma_load_2d(void* dst, const CUtensorMap* map, int c0, int
 }
 static inline void lc_wgmma_fence(LC_EMU_SITE) {
     int dummy = 0;
-    lc_emu::group_collective(&dummy, lc_emu::wg_nop, "wgmma.fence", lc_file_, lc_line_);
+    lc_emu::group_collective(&dummy, lc_emu::wg_fence, "wgmma.fence", lc_file_, lc_line_);
 }
 static inline void lc_wgmma_commit(LC_EMU_SITE) {
     int dummy = 0;
