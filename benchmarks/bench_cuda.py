@@ -15,7 +15,10 @@ faster than torch eager.
 
 - the three products at 4096³ and 8192³ against torch matmul in the same precision (fp32
   tensors with ``allow_tf32``, or bf16 tensors); our bf16 graphs read and write fp32, so
-  their time includes making the bf16 operand copies. Bar: ≥ 0.6× torch.
+  their time includes making the bf16 operand copies. Bar: ≥ 0.6× torch. On an sm_90 GPU
+  the tf32/bf16 graphs are built for sm_90a: these products run the wgmma + TMA kernels
+  (bf16 all three, tf32 Y only: wgmma reads tf32 K-major; the tf32 dX and dW rows are
+  mma.sync); ``LINCOMPILE_WGMMA=0`` times the mma.sync kernels instead.
 - and for every precision the training steps 784-128-10 (N=64), 1024-4096-4096-1024
   (N=512) and 4096-8192-8192-4096 (N=4096), cross-entropy + SGD with momentum, replayed
   from a CUDA graph (``bind``), against torch eager in the same precision, torch eager
@@ -409,8 +412,9 @@ def dry_run_precisions(precisions: list[str], nvcc: bool) -> tuple[list[dict], l
             continue
         for shape in PREC_SHAPES:
             for name, (_, _, np_op) in PRODUCTS.items():
-                small = product_graph(name, 37, 45, 33)
-                feeds = lc.random_feeds(small, 37, seed=0)
+                # past the emulator's wgmma thresholds (64 x 64 x 32): those kernels run
+                small = product_graph(name, 70, 72, 66)
+                feeds = lc.random_feeds(small, 70, seed=0)
                 got = lc.compile(small, "cuda-cpu", precision=prec).run(feeds)["y"]
                 want = np_op({k: v.astype(np.float64) for k, v in feeds.items()})
                 err = float(np.abs(got - want).max() / np.abs(want).max())

@@ -9,7 +9,10 @@
 # 2/4 the CUDA tests for real on the GPU: conftest adds target "cuda" when a device is
 #     usable, so every parametrized per-op, gradient, training-step, torch-parity and ONNX
 #     conformance test runs through the GPU (pytest processes in parallel), the tf32/bf16
-#     and CUDA-graph tests too; beside them compute-sanitizer (memcheck, racecheck,
+#     and CUDA-graph tests too (tf32/bf16 build for sm_90a on an sm_90 GPU: the wgmma + TMA
+#     kernels, checked at 4096 and tile-edge shapes by tests/test_cuda_wgmma.py; with
+#     LINCOMPILE_WGMMA=0 exported the whole check runs the mma.sync kernels instead); beside
+#     them compute-sanitizer (memcheck, racecheck,
 #     synccheck, initcheck) runs a small training step in every precision
 #     (benchmarks/sanitize_cuda.py), and every benchmark graph is built with nvcc
 # 3/4 timings: benchmarks/bench_cuda.py --precisions fp32,tf32,bf16 (CUDA events, warm-up,
@@ -117,7 +120,7 @@ GPU_ONLY=(-k "cuda and not cuda-cpu")
 pids=()
 run_group backend 200 tests/test_cuda_backend.py tests/test_cuda_kernels.py & pids+=($!)
 run_group precision 200 tests/test_cuda_precision.py tests/test_cuda_launch.py \
-    tests/test_cuda_mma.py & pids+=($!)
+    tests/test_cuda_mma.py tests/test_cuda_wgmma.py & pids+=($!)
 run_group ops 200 tests/test_ops.py tests/test_feeds_and_validate.py "${GPU_ONLY[@]}" &
 pids+=($!)
 run_group training 200 tests/test_training.py tests/test_torch_parity.py \

@@ -296,9 +296,17 @@ def test_compiled_products_against_rounded_operands(prec, target):
             assert rel(got, ref) <= 1e-5, f"{prec} {kind} N={n}: {rel(got, ref):.2e}"
 
 
+def tf32_rz(x):
+    """float32 → tf32 as the tensor cores read fp32 operands from shared memory (the wgmma
+    kernels): the low 13 mantissa bits ignored, no rounding."""
+    return (np.asarray(x, np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
 def test_gpu_tiles_emulated_at_tile_edges():
-    """The GPU's tile configuration (128 x 128 blocks of 8 warps, 4 stages) run by the
-    emulator, at sizes just past one tile, for both precisions and the three products."""
+    """The GPU's tile configuration (mma.sync: 128 x 128 blocks of 8 warps, 4 stages; sm_90a:
+    the wgmma kernels' 128 x 256 tiles, which y (both precisions) and dX, dW (bf16) are large
+    enough for) run by the emulator, at sizes just past one tile, for both precisions and the
+    three products."""
     g = lc.Graph("edges")
     x, w, b = g.input("x", ["N", 136]), g.input("w", [129, 136]), g.input("b", [129])
     y = g.output(g.relu(g.apply("linear", [x, w, b])), name="y")
@@ -311,7 +319,9 @@ def test_gpu_tiles_emulated_at_tile_edges():
         got = exe.run(feeds)
         r = ROUND[prec]
         X, W = (r(feeds[k]).astype(np.float64) for k in ("x", "w"))
-        Y = np.maximum(X @ W.T + feeds["b"], 0)
+        ry = tf32_rz if prec == "tf32" else r   # tf32 y = x.W^T: on wgmma
+        Y = np.maximum(ry(feeds["x"]).astype(np.float64) @ ry(feeds["w"]).astype(np.float64).T
+                       + feeds["b"], 0)
         assert rel(got["y"], Y) <= 1e-5, prec
         Yr = r(got["y"]).astype(np.float64)   # the kernels' own y, rounded as the next
         assert rel(got["dx"], Yr @ W) <= 1e-5, prec       # products read it

@@ -22,6 +22,7 @@ CompileError: the CUDA kernels are float32 (use the C backend for float64).
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import shlex
 import threading
@@ -88,6 +89,20 @@ MMA_GPU_TILES = {"tf32": {"bm": 128, "bn": 128, "bk": 16, "wm": 64, "wn": 32, "s
 #: steady state and its drain both run at test sizes).
 MMA_EMU_TILES = {"tf32": {"bm": 32, "bn": 32, "bk": 16, "wm": 16, "wn": 16, "stages": 3},
                  "bf16": {"bm": 32, "bn": 32, "bk": 32, "wm": 16, "wn": 16, "stages": 3}}
+#: sm_90a tensor-core GEMMs for the large products (templates/cuda/gemm_mma.cu.j2, wgmma + TMA):
+#: per precision a block tile bm x bn x bk (bm / 64 consumer warpgroups and one producer warp;
+#: bk fills one 128-byte swizzle row) and a ring of `stages` (4 x 48 KiB of shared memory);
+#: a product takes them when M >= min_m, N >= min_n and K >= min_k (and its layout and
+#: alignment allow: tf32 reads K-major operands only, so only Y = X.W^T-shaped tf32 products).
+WGMMA_GPU_TILES = {"tf32": {"bm": 128, "bn": 256, "bk": 32, "stages": 4},
+                   "bf16": {"bm": 128, "bn": 256, "bk": 64, "stages": 4},
+                   "min_m": 128, "min_n": 128, "min_k": 64}
+#: The same kernels at test sizes for the emulator: one consumer warpgroup, 64 x 64 tiles.
+WGMMA_EMU_TILES = {"tf32": {"bm": 64, "bn": 64, "bk": 32, "stages": 3},
+                   "bf16": {"bm": 64, "bn": 64, "bk": 64, "stages": 3},
+                   "min_m": 64, "min_n": 64, "min_k": 32}
+#: The architecture whose builds get the wgmma kernels (wgmma is an sm_90a feature).
+WGMMA_ARCH = "sm_90a"
 #: cudaError_t codes that templates/cuda/cuda_cpu.h returns
 EMU_ERRORS = {1: "invalid argument", 2: "out of memory", 9: "invalid configuration argument",
               17: "invalid device pointer", 21: "invalid copy direction for memcpy",
@@ -96,23 +111,40 @@ NVCC_FLAGS = ("-O3", "-std=c++17")
 #: -fno-gnu-unique: `__shared__` arrays are static locals of (template) kernels; as GNU
 #: unique symbols, two emulated models loaded in one process (say with different GEMM tiles)
 #: would share them.
-EMU_FLAGS = ("-std=c++20", "-O1", "-Wall", "-Wno-unknown-pragmas", "-fno-gnu-unique")
+EMU_FLAGS = ("-std=c++20", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi", "-fno-gnu-unique")
 #: The prebuilt GEMM/reduction library of the emulation (-O2 without IPA-CP: gcc 12 crashes
 #: in that pass on the fiber launcher).
-EMU_LIB_FLAGS = ("-std=c++20", "-O2", "-fno-ipa-cp", "-Wall", "-Wno-unknown-pragmas",
+EMU_LIB_FLAGS = ("-std=c++20", "-O2", "-fno-ipa-cp", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi",
                  "-fno-gnu-unique")
 
 
-def mma_tiles(arch: str, precision: str) -> dict[str, dict[str, int]]:
+def wgmma_enabled() -> bool:
+    """False when ``$LINCOMPILE_WGMMA`` is ``0``: the tf32/bf16 products then stay on the
+    mma.sync kernels on sm_90a too (a safety valve should the wgmma kernels misbehave)."""
+    return os.environ.get("LINCOMPILE_WGMMA", "1").strip() != "0"
+
+
+def mma_tiles(arch: str, precision: str) -> dict[str, Any]:
     """The tensor-core tiles for ``arch`` (a CompileError below sm_80, which has no tf32/bf16
-    mma.sync or cp.async)."""
+    mma.sync or cp.async): mma.sync tiles per precision, and under ``wgmma`` the sm_90a
+    kernels' tiles (None for other architectures, or with ``LINCOMPILE_WGMMA=0``)."""
     cap = "".join(ch for ch in arch.split("_", 1)[-1] if ch.isdigit())
     if not cap or int(cap) < 80:
         raise CompileError(f"precision '{precision}' needs tensor cores with tf32/bf16 "
                            f"(sm_80 or newer); arch is {arch}: use precision 'fp32'")
-    if int(cap) in (80, 90, 100):
-        return MMA_GPU_TILES
-    return {p: dict(t, stages=3) for p, t in MMA_GPU_TILES.items()}
+    tiles = (dict(MMA_GPU_TILES) if int(cap) in (80, 90, 100)
+             else {p: dict(t, stages=3) for p, t in MMA_GPU_TILES.items()})
+    tiles["wgmma"] = WGMMA_GPU_TILES if arch == WGMMA_ARCH and wgmma_enabled() else None
+    return tiles
+
+
+def default_arch(precision: str = "fp32") -> str:
+    """The device's architecture (else ``sm_90``); for tf32/bf16 on an sm_90 device ``sm_90a``,
+    the arch-specific target that the wgmma kernels need (its code runs on sm_90 only)."""
+    arch = device_arch()
+    if arch == "sm_90" and check_precision(precision) != "fp32" and wgmma_enabled():
+        return WGMMA_ARCH
+    return arch
 
 
 def nvcc_line(arch: str, source: str = "model.cu", lib: str = "libmodel.so") -> list[str]:
@@ -130,7 +162,7 @@ class _CudaSource(_Source):
 
     def __init__(self, graphs: Mapping[str, Graph], prefix: str, arch: str,
                  tiles: Mapping[str, int], init: bool = False, precision: str = "fp32",
-                 mma: Mapping[str, Mapping[str, int]] | None = None):
+                 mma: Mapping[str, Any] | None = None):
         self.arch, self.tiles, self._kernels = arch, dict(tiles), 0
         self.precision = check_precision(precision)
         self.mma = mma if mma is not None else (
@@ -593,10 +625,14 @@ def compile_cpu(graph: Graph, prefix: str = "model",
     """Generate the CUDA code of ``graph`` and build it for the CPU emulator
     (``target="cuda-cpu"``). ``tiles`` defaults to :data:`EMU_TILES`; pass
     :data:`GPU_TILES` to emulate the exact GPU configuration (slower; the tensor-core
-    tiles then are :data:`MMA_GPU_TILES`). ``precision``: see :func:`compile`."""
+    tiles then are :data:`MMA_GPU_TILES` and :data:`WGMMA_GPU_TILES`). The emulation is that of
+    an sm_90a build: the large tf32/bf16 products run the wgmma kernels (unless
+    ``LINCOMPILE_WGMMA=0``). ``precision``: see :func:`compile`."""
     gpu = tiles is not None and dict(tiles) == GPU_TILES
-    src = _CudaSource({entry_name(graph): graph}, prefix, "sm_90", tiles or EMU_TILES,
-                      precision=precision, mma=MMA_GPU_TILES if gpu else MMA_EMU_TILES)
+    wg = (WGMMA_GPU_TILES if gpu else WGMMA_EMU_TILES) if wgmma_enabled() else None
+    src = _CudaSource({entry_name(graph): graph}, prefix, WGMMA_ARCH, tiles or EMU_TILES,
+                      precision=precision,
+                      mma=dict(MMA_GPU_TILES if gpu else MMA_EMU_TILES, wgmma=wg))
     files = src.files()
     files["cuda_cpu.h"] = emulator_header()
     lib = _emu_library(src)
@@ -612,7 +648,8 @@ def compile_cpu(graph: Graph, prefix: str = "model",
 def compile(graph: Graph, arch: str | None = None, prefix: str = "model",
             precision: str = "fp32") -> CudaExecutable:
     """Generate the CUDA code of ``graph``, build it with nvcc for ``arch`` (default: the
-    device's, else ``sm_90``) and load it. Without a GPU this still compiles; ``run`` then
+    device's, else ``sm_90``; ``sm_90a`` there for tf32/bf16, see :func:`default_arch`) and
+    load it. Without a GPU this still compiles; ``run`` then
     raises a CudaError saying no CUDA device was found.
 
     ``precision`` of the Linear products (matrix multiplications): ``"fp32"`` (default),
@@ -620,8 +657,9 @@ def compile(graph: Graph, arch: str | None = None, prefix: str = "model",
     ``allow_tf32``) or ``"bf16"`` (mixed precision as ``torch.autocast(dtype=bfloat16)``:
     the products read bf16 copies of their operands and accumulate in fp32; activations,
     master weights, optimizer state, losses and reductions stay fp32). tf32 and bf16 need
-    sm_80 or newer."""
-    arch = check_arch(arch or device_arch())
+    sm_80 or newer; with ``arch="sm_90a"`` the large products run wgmma + TMA kernels
+    (``LINCOMPILE_WGMMA=0`` keeps them on the mma.sync kernels)."""
+    arch = check_arch(arch or default_arch(precision))
     src = _CudaSource({entry_name(graph): graph}, prefix, arch, GPU_TILES,
                       precision=precision)
     tool = nvcc()

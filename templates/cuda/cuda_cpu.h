@@ -59,6 +59,12 @@
  *    the mask aborts.  Lanes a partial last warp does not have are dropped from masks.
  *    cp.async copies are made at the cp.async.wait_group that covers them (or when the
  *    thread exits), so shared memory read before the wait shows the old contents.
+ *  - sm_90: TMA tensor copies (cuTensorMapEncodeTiled through cudaGetDriverEntryPoint*,
+ *    cp.async.bulk.tensor.2d with swizzle and zero fill), mbarrier objects (init, arrive,
+ *    expect_tx, try_wait.parity; a waiting thread blocks until its phase completes) and wgmma
+ *    over a warpgroup of 128 threads (fence, mma_async from matrix descriptors, commit, wait),
+ *    see the section at the end of this file. The fiber scheduler repeats its pass over the
+ *    warps while warpgroup collectives or mbarrier phases make threads ready.
  *  - atomicAdd/atomicSub/atomicExch/atomicMax/atomicMin/atomicCAS (int,
  *    unsigned, float, double where CUDA has them): fibers never interleave
  *    inside one, and they are also atomic across OS threads.
@@ -85,8 +91,9 @@
  *    that a GPU could exhibit may go unnoticed.
  *  - The memory model (fences are plain fences, no caches), `extern __shared__`
  *    declarations (write LC_DYNAMIC_SHARED(T, name) instead, see above), __constant__
- *    / texture memory, cooperative groups, dynamic parallelism, clusters, wgmma/TMA,
- *    streams/events ordering, float rounding differences (no
+ *    / texture memory, cooperative groups, dynamic parallelism, clusters (a TMA copy or
+ *    mbarrier is the block's own), TMA multicast / stores / im2col, setmaxnreg, wgmma with A
+ *    in registers or sparse, streams/events ordering, float rounding differences (no
  *    forced FMA contraction; nvcc contracts a*b+c into fma by default).
  *  - Resource limits other than block/grid dims (registers, shared memory
  *    size) and out-of-bounds checks (use ASan-free builds; fibers and ASan do
@@ -223,7 +230,9 @@ static inline cudaError_t set_error(cudaError_t e) {
     abort();
 }
 
-enum class FiberState : unsigned char { Ready, AtBarrier, AtWarp, Done };
+/* AtGroup: at a warpgroup collective (wgmma); AtMbar: in mbarrier.try_wait on a phase that
+   has not completed yet */
+enum class FiberState : unsigned char { Ready, AtBarrier, AtWarp, AtGroup, AtMbar, Done };
 
 /* A warp collective: when every lane of `mask` waits at one with the same function and mask,
    the last lane to arrive calls fn(data, mask) once for all of them (data[lane]: what each
@@ -253,6 +262,9 @@ struct Fiber {
     WarpFn warp_fn;
     void* warp_data;
     const char* warp_what;
+    /* at a warpgroup collective (warp_fn / warp_data / warp_what reused), or an mbarrier wait */
+    uint32_t mbar_addr;
+    unsigned mbar_parity;
     /* cp.async copies issued and not yet waited for, in issue order */
     int n_async;
     long groups;              /* cp.async groups committed so far */
@@ -267,12 +279,44 @@ struct Fiber {
    checked after every block. */
 static const uint64_t CANARY = 0x6c635f656d755f21ull; /* "!_ume_cl" */
 
+/* ---- sm_90 asynchronous state of a block (see the wgmma / TMA / mbarrier section at the end) ---- */
+#ifndef LC_EMU_MAX_MBARRIERS
+#define LC_EMU_MAX_MBARRIERS 64     /* mbarrier objects one block may initialize */
+#endif
+#ifndef LC_EMU_MAX_TMA
+#define LC_EMU_MAX_TMA 8            /* TMA copies in flight on one mbarrier */
+#endif
+#ifndef LC_EMU_MAX_WGMMA
+#define LC_EMU_MAX_WGMMA 64         /* wgmma.mma_async in flight in one warpgroup */
+#endif
+struct TmaCopy { uint32_t dst; unsigned char map[128]; int c0, c1; };
+struct Mbarrier {
+    uint32_t addr;          /* shared-window address of the 8-byte object */
+    int expected, pending;  /* arrivals per phase, arrivals still missing in the current one */
+    long long tx;           /* tx-count of the current phase */
+    unsigned long phase;    /* phases completed so far (parity = phase & 1) */
+    int n_copies;
+    TmaCopy copies[LC_EMU_MAX_TMA];
+};
+struct WgmmaOp {
+    uint64_t da, db;
+    int n, prec, ta, tb;    /* prec 1 tf32, 2 bf16 */
+    long group;             /* -1 until wgmma.commit_group */
+    float* d[128];          /* each thread's accumulator fragment */
+};
+struct WarpgroupState { int n_ops; long committed; bool fenced; WgmmaOp ops[LC_EMU_MAX_WGMMA]; };
+
 struct Runner {
     ucontext_t sched;
+    /* allocated at a block's first use (wgmma kernels only), cleared at each block */
+    Mbarrier* mbars = nullptr;   /* LC_EMU_MAX_MBARRIERS */
+    int n_mbars = 0;
+    WarpgroupState* wgs = nullptr;   /* 8: 1024 threads at most */
     Fiber* fibers = nullptr;    /* n_stacks of them */
     char* region = nullptr;     /* the mapping: a guard page, then n_stacks stacks */
     char* dyn = nullptr;        /* dynamic shared memory (extern __shared__) of the launch */
     size_t dyn_bytes = 0;
+    size_t dyn_used = 0;        /* bytes of it the current launch asked for */
     size_t region_bytes = 0, stack_bytes = 0;
     int n_stacks = 0;
     int cur = -1;
@@ -280,7 +324,7 @@ struct Runner {
     void (*body)(void*) = nullptr;
     void* arg = nullptr;
 
-    ~Runner() { release(); free(dyn); }
+    ~Runner() { release(); free(dyn); free(mbars); free(wgs); }
     static size_t page() {
         static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
         return p;
@@ -358,6 +402,10 @@ static inline void syncthreads(const char* file, int line) {
     swapcontext(&f.ctx, &R.sched);
 }
 
+static bool mbar_waiter_ready(Runner& R, Fiber& f);   /* wgmma / TMA / mbarrier section */
+static void async_block_start(Runner& R);
+static void async_block_end(Runner& R, const char* kname);
+
 static inline void run_block(Runner& R, const char* kname, int nt) {
     const unsigned bx = blockDim.x, by = blockDim.y;
     for (int t = 0; t < nt; ++t) {
@@ -374,27 +422,48 @@ static inline void run_block(Runner& R, const char* kname, int nt) {
         f.n_async = 0;
         f.groups = 0;
     }
+    async_block_start(R);
     for (long round = 0;; ++round) {
         /* Warp by warp: run its ready lanes until each waits at __syncthreads(), has exited,
            or waits at a warp collective that cannot complete yet (a collective completed by
-           its last lane makes the others ready again, hence the inner loop). */
-        for (int w0 = 0; w0 < nt; w0 += 32) {
-            const int w1 = w0 + 32 < nt ? w0 + 32 : nt;
-            for (bool ran = true; ran;) {
-                ran = false;
-                for (int t = w0; t < w1; ++t) {
-                    Fiber& f = R.fibers[t];
-                    if (f.state != FiberState::Ready) continue;
-                    R.cur = t;
-                    threadIdx = uint3{(unsigned)t % bx, ((unsigned)t / bx) % by, (unsigned)t / (bx * by)};
-                    swapcontext(&R.sched, &f.ctx);
-                    ran = true;
+           its last lane makes the others ready again, hence the inner loop). Warpgroup
+           collectives and mbarrier phases make lanes of other warps ready again: repeat the
+           pass over the warps until nothing runs. */
+        for (bool progress = true; progress;) {
+            progress = false;
+            for (int w0 = 0; w0 < nt; w0 += 32) {
+                const int w1 = w0 + 32 < nt ? w0 + 32 : nt;
+                for (bool ran = true; ran;) {
+                    ran = false;
+                    for (int t = w0; t < w1; ++t) {
+                        Fiber& f = R.fibers[t];
+                        if (f.state == FiberState::AtMbar && mbar_waiter_ready(R, f)) f.state = FiberState::Ready;
+                        if (f.state != FiberState::Ready) continue;
+                        R.cur = t;
+                        threadIdx = uint3{(unsigned)t % bx, ((unsigned)t / bx) % by, (unsigned)t / (bx * by)};
+                        swapcontext(&R.sched, &f.ctx);
+                        ran = progress = true;
+                    }
                 }
             }
         }
         int waiting = 0, done = 0, first_wait = -1;
         for (int t = 0; t < nt; ++t) {
             const Fiber& f = R.fibers[t];
+            if (f.state == FiberState::AtGroup || f.state == FiberState::AtMbar) {
+                fprintf(stderr,
+                        "lc_emu: %s in kernel '%s', block (%u,%u,%u): thread %d waits at %s (%s:%d) "
+                        "and nothing can make it continue (%s).\n",
+                        f.state == FiberState::AtGroup ? "WARPGROUP DEADLOCK" : "MBARRIER DEADLOCK",
+                        kname, blockIdx.x, blockIdx.y, blockIdx.z, t,
+                        f.state == FiberState::AtGroup ? f.warp_what : "mbarrier.try_wait.parity",
+                        f.bar_file, f.bar_line,
+                        f.state == FiberState::AtGroup
+                            ? "every thread of its warpgroup must reach the same wgmma instruction"
+                            : "the phase it waits for never completes: missing arrivals or tx bytes");
+                fflush(stderr);
+                abort();
+            }
             if (f.state == FiberState::AtWarp) {
                 /* a lane of its mask has exited or waits at __syncthreads(): never completes */
                 const int w0 = t - t % 32;
@@ -416,6 +485,7 @@ static inline void run_block(Runner& R, const char* kname, int nt) {
             else { ++waiting; if (first_wait < 0) first_wait = t; }
         }
         if (done == nt) {
+            async_block_end(R, kname);
             for (int t = 0; t < nt; ++t)
                 if (R.overflowed(t))
                     fatal("lc_emu: FIBER STACK OVERFLOW in kernel '%s', block (%ld,%ld,%ld): thread %ld "
@@ -520,7 +590,7 @@ static inline void run_grid(const char* kname, dim3 grid, dim3 block, size_t shm
     }
     if (shmem > R.dyn_bytes) {
         free(R.dyn);
-        R.dyn = (char*)aligned_alloc(128, (shmem + 127) / 128 * 128);
+        R.dyn = (char*)aligned_alloc(1024, (shmem + 1023) / 1024 * 1024);   /* the shared window: swizzle patterns repeat every 1024 bytes */
         if (!R.dyn) {
             fprintf(stderr, "lc_emu: cannot allocate %zu bytes of dynamic shared memory\n", shmem);
             abort();
@@ -528,6 +598,7 @@ static inline void run_grid(const char* kname, dim3 grid, dim3 block, size_t shm
         R.dyn_bytes = shmem;
     }
     if (shmem) memset(R.dyn, 0xff, shmem);   /* undefined on a GPU: NaN here, not zeros */
+    R.dyn_used = shmem;
     R.ensure((int)nt);
     R.active = true;
     R.body = body;
@@ -1128,4 +1199,553 @@ static inline void lc_cp_async_wait_all() {
     lc_cp_async_wait<0>();
 }
 #endif /* tensor-core building blocks */
+
+/* ======================= sm_90 building blocks: TMA, mbarrier, wgmma =======================
+ * Wrappers that compile to inline PTX under nvcc (sm_90a: wgmma is an arch-specific feature)
+ * and to an emulation here. Shared-memory operands are given as generic pointers into the
+ * kernel's dynamic shared memory (LC_DYNAMIC_SHARED); lc_smem_u32 gives their shared-window
+ * address (here: the offset from the start of the launch's dynamic shared memory, which the
+ * emulator aligns to 1024 bytes so that address bits, and with them the swizzle patterns,
+ * are those a GPU sees for a 1024-byte aligned buffer).
+ *   lc_mbar_init(bar, count)            mbarrier.init.shared::cta.b64
+ *   lc_mbar_arrive(bar)                 mbarrier.arrive.shared::cta.b64
+ *   lc_mbar_arrive_expect_tx(bar, n)    mbarrier.arrive.expect_tx.shared::cta.b64
+ *   lc_mbar_try_wait(bar, parity)       mbarrier.try_wait.parity.shared::cta.b64: true once the
+ *                                       phase of that parity has completed
+ *   lc_fence_mbar_init()                fence.mbarrier_init.release.cluster
+ *   lc_tma_load_2d(dst, map, c0, c1, bar)
+ *       cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes: the box of
+ *       `map` at coordinates (c0 innermost, c1) into dst; its bytes complete_tx on bar
+ *   lc_wgmma_fence(), lc_wgmma_commit(), lc_wgmma_wait<N>()
+ *       wgmma.fence / commit_group / wait_group N (.sync.aligned: every thread of the warpgroup)
+ *   lc_wgmma_bf16<N, TA, TB>(d, desc_a, desc_b), lc_wgmma_tf32<N>(d, desc_a, desc_b)
+ *       wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 / m64nNk8.f32.tf32.tf32 with
+ *       scale-d = 1 (d += A.B), A and B from shared memory through matrix descriptors; TA / TB
+ *       are imm-trans-a / imm-trans-b (1: MN-major; bf16 only, tf32 is K-major). The inline-PTX
+ *       forms need the register count N/2 spelled out, so templates/cuda/gemm_mma.cu.j2
+ *       defines them under nvcc for the N it uses; the emulation here takes any N.
+ *   lc_wgmma_fence_acc<R>(d)            keeps the compiler from moving reads of the accumulators
+ *                                       above lc_wgmma_wait (no instruction)
+ * THE EMULATION (PTX ISA 8.x / 9.0; 9.7.15.x numbers as in the ISA document for PTX 9.0):
+ *   mbarrier (the mbarrier instructions and their phase / tx-count semantics): a table per block keyed by the object's address: expected and pending
+ *     arrivals, tx-count, phase. A phase completes when pending arrivals and tx-count are both
+ *     zero; try_wait.parity(p) is true when the current phase's parity differs from p (the phase
+ *     of parity p has completed). A thread whose phase has not completed blocks (FiberState::
+ *     AtMbar) until it has; nothing that can complete it: MBARRIER DEADLOCK. Arrivals beyond
+ *     the expected count, or an uninitialized object: abort.
+ *   TMA (cp.async.bulk.tensor, 5.5 Tensors; cuTensorMapEncodeTiled of the driver API): the copy is recorded
+ *     on its mbarrier and lands when a thread waits on that mbarrier (so shared memory read
+ *     before the wait shows old data): elements outside the tensor are zeros, every box byte
+ *     counts toward complete_tx, the box is written densely (rows of boxDim[0] elements) and
+ *     the swizzle modes permute 16-byte chunks by address bits: 128B: bits [4,7) ^= bits [7,10);
+ *     64B: [4,6) ^= [7,9); 32B: bit 4 ^= bit 7. Modelled: rank 2, element strides 1, no
+ *     interleave, swizzled boxes exactly one swizzle span wide (else abort: not modelled).
+ *   wgmma (9.7.15, asynchronous warpgroup-level matrix instructions): an operation is recorded at mma_async (every thread of the warpgroup
+ *     must call it with the same descriptors) and performed at the wait_group that covers its
+ *     commit group (so accumulators read before the wait show old values, and shared memory
+ *     is read at the wait). A and B are decoded from the matrix descriptors (9.7.15.5.1.2.2:
+ *     start address, leading / stride dimension byte offsets, each (x & 0x3FFFF) >> 4, swizzle
+ *     mode in bits 62-63; a nonzero base offset aborts: not modelled) through the canonical
+ *     layouts of 9.7.15.5.1.2.1.3 (T = 16 bytes / element size, W = swizzle bytes):
+ *       K-major,  no swizzle: ((8,m),(T,2k)):((1T,SBO),(1,LBO))    (in elements)
+ *       K-major,  W swizzle:  ((8,m),(T,2k)):((W/16*T,SBO),(1,T))
+ *       MN-major, no swizzle: ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO))
+ *       MN-major, W swizzle:  ((T,W/16,m),(8,k)):((1,T,LBO),(W/16*T,SBO))
+ *     then the swizzle of the address (Swizzle<3,4,3> / <2,4,3> / <1,4,3> on byte addresses,
+ *     the same bit patterns as TMA's, written out separately below). The products are exact
+ *     in double and each output rounded once to fp32; tf32 operands are the fp32 bits with the
+ *     low 13 mantissa bits ignored, as the tensor cores read them. D fragments (figures of
+ *     9.7.15.5.1.1, m64nNk16 / m64nNk8, f32): thread t of the warpgroup, warp w = t / 32,
+ *     lane l, g = l / 4, q = l % 4: d[i] = D[16w + g + 8 * ((i / 2) % 2)][8 * (i / 4) + 2q + i % 2].
+ */
+#if defined(__CUDACC__)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#include <cuda.h>   /* CUtensorMap and the driver enums (types only: libcuda is not linked) */
+static __device__ __forceinline__ void lc_mbar_init(uint64_t* bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(lc_smem_u32(bar)), "r"(count) : "memory");
+}
+static __device__ __forceinline__ void lc_mbar_arrive(uint64_t* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(lc_smem_u32(bar)) : "memory");
+}
+static __device__ __forceinline__ void lc_mbar_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(lc_smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+static __device__ __forceinline__ bool lc_mbar_try_wait(uint64_t* bar, unsigned parity) {
+    uint32_t ok;
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(ok) : "r"(lc_smem_u32(bar)), "r"(parity) : "memory");
+    return ok != 0;
+}
+static __device__ __forceinline__ void lc_fence_mbar_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+static __device__ __forceinline__ void lc_tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n"
+                 ::"r"(lc_smem_u32(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(lc_smem_u32(bar)), "r"(c0), "r"(c1)
+                 : "memory");
+}
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)   /* wgmma: sm_90a only */
+static __device__ __forceinline__ void lc_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void lc_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+static __device__ __forceinline__ void lc_wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+#endif
+template <int R>
+static __device__ __forceinline__ void lc_wgmma_fence_acc(float* d) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+#endif
+#else
+namespace lc_emu {
+/* The shared-window address of p (an address in the launch's dynamic shared memory). */
+static inline uint32_t smem_addr(const void* p, const char* what) {
+    Runner& R = runner();
+    const char* c = (const char*)p;
+    if (!R.active || !R.dyn || c < R.dyn || c >= R.dyn + R.dyn_used) {
+        fprintf(stderr, "lc_emu: %s: %p is not in the kernel's dynamic shared memory\n", what, p);
+        abort();
+    }
+    return (uint32_t)(c - R.dyn);
+}
+static inline unsigned char* smem_at(uint32_t addr, size_t bytes, const char* what) {
+    Runner& R = runner();
+    if ((size_t)addr + bytes > R.dyn_used) {
+        fprintf(stderr, "lc_emu: %s: shared address 0x%x (+%zu bytes) is past the %zu bytes of dynamic shared "
+                        "memory\n", what, addr, bytes, R.dyn_used);
+        abort();
+    }
+    return (unsigned char*)R.dyn + addr;
+}
+
+/* ---- mbarrier ---- */
+static inline Mbarrier* mbar_find(Runner& R, uint32_t addr, const char* what) {
+    for (int i = 0; i < R.n_mbars; ++i)
+        if (R.mbars[i].addr == addr) return &R.mbars[i];
+    fprintf(stderr, "lc_emu: %s on shared address 0x%x, which holds no initialized mbarrier\n", what, addr);
+    abort();
+}
+static inline void mbar_check(Mbarrier& m) {
+    if (m.pending == 0 && m.tx == 0) {   /* the phase completes; the next one starts */
+        ++m.phase;
+        m.pending = m.expected;
+    }
+}
+static inline void mbar_arrive(Mbarrier& m) {
+    if (m.pending <= 0) {
+        fprintf(stderr, "lc_emu: mbarrier at 0x%x: more arrivals than its count %d in one phase\n", m.addr,
+                m.expected);
+        abort();
+    }
+    --m.pending;
+    mbar_check(m);
+}
+static void tma_land(const TmaCopy& c, long long* bytes);
+/* The TMA copies recorded on m land now: their bytes complete_tx. */
+static inline void mbar_land(Mbarrier& m) {
+    for (int i = 0; i < m.n_copies; ++i) {
+        long long bytes = 0;
+        tma_land(m.copies[i], &bytes);
+        m.tx -= bytes;
+    }
+    m.n_copies = 0;
+    mbar_check(m);
+}
+static bool mbar_waiter_ready(Runner& R, Fiber& f) {
+    Mbarrier* m = mbar_find(R, f.mbar_addr, "mbarrier.try_wait");
+    mbar_land(*m);
+    return (m->phase & 1u) != f.mbar_parity;
+}
+static void async_block_start(Runner& R) {
+    R.n_mbars = 0;
+    if (R.wgs)
+        for (int i = 0; i < 8; ++i) R.wgs[i].n_ops = 0, R.wgs[i].committed = 0, R.wgs[i].fenced = false;
+}
+static void async_block_end(Runner& R, const char* kname) {
+    if (!R.wgs) return;
+    for (int i = 0; i < 8; ++i)
+        if (R.wgs[i].n_ops) {
+            fprintf(stderr, "lc_emu: kernel '%s', block (%u,%u,%u): warpgroup %d exits with %d wgmma.mma_async not "
+                            "waited for (wgmma.wait_group)\n", kname, blockIdx.x, blockIdx.y, blockIdx.z, i,
+                    R.wgs[i].n_ops);
+            abort();
+        }
+}
+
+/* ---- TMA: the CUtensorMap stand-in ---- */
+static const uint64_t TMAP_MAGIC = 0x70616d5f616d745full;   /* "_tma_map" */
+struct TensorMap2d {
+    uint64_t magic;
+    const unsigned char* base;
+    uint64_t dim[2], stride1;   /* elements; bytes between rows */
+    uint32_t box[2];
+    int esize, swizzle;         /* bytes; swizzle span in bytes (0: none) */
+};
+
+/* Swizzle of a shared-window address as TMA writes it (CU_TENSOR_MAP_SWIZZLE_*: 16-byte chunks
+   permuted within each span by the address bits above the 128-byte row). */
+static inline uint32_t tma_swizzle(uint32_t a, int span) {
+    if (span == 128) return a ^ (((a >> 7) & 7u) << 4);
+    if (span == 64) return a ^ (((a >> 7) & 3u) << 4);
+    if (span == 32) return a ^ (((a >> 7) & 1u) << 4);
+    return a;
+}
+static void tma_land(const TmaCopy& c, long long* bytes) {
+    TensorMap2d t;
+    memcpy(&t, c.map, sizeof t);
+    const uint32_t rowb = t.box[0] * (uint32_t)t.esize;
+    for (uint32_t i1 = 0; i1 < t.box[1]; ++i1)
+        for (uint32_t i0 = 0; i0 < t.box[0]; ++i0) {
+            const long long x = (long long)c.c0 + i0, y = (long long)c.c1 + i1;
+            const uint32_t a = tma_swizzle(c.dst + i1 * rowb + i0 * (uint32_t)t.esize, t.swizzle);
+            unsigned char* d = smem_at(a, (size_t)t.esize, "TMA copy");
+            if (x >= 0 && y >= 0 && (uint64_t)x < t.dim[0] && (uint64_t)y < t.dim[1])
+                memcpy(d, t.base + (uint64_t)y * t.stride1 + (uint64_t)x * (uint64_t)t.esize, (size_t)t.esize);
+            else
+                memset(d, 0, (size_t)t.esize);   /* out of bounds: zero fill */
+        }
+    *bytes = (long long)rowb * t.box[1];
+}
+
+/* ---- wgmma ---- */
+struct WgArg { uint64_t da, db; float* d; int n, prec, ta, tb; };
+static inline WarpgroupState& warpgroup(Runner& R) {
+    if (!R.wgs) {
+        R.wgs = (WarpgroupState*)calloc(8, sizeof(WarpgroupState));
+        if (!R.wgs) abort();
+    }
+    return R.wgs[R.cur / 128];
+}
+/* A warpgroup collective: every thread of the warpgroup (threads 128i .. 128i+127) waits at it
+   until all have arrived; the last calls fn(data of each thread) once. */
+static inline void group_collective(void* data, WarpFn fn, const char* what, const char* file, int line) {
+    Runner& R = runner();
+    if (!R.active) {
+        fprintf(stderr, "lc_emu: %s called outside of a kernel (%s:%d)\n", what, file, line);
+        abort();
+    }
+    const int t = R.cur, g0 = t - t % 128;
+    const int nt = (int)(blockDim.x * blockDim.y * blockDim.z);
+    if (g0 + 128 > nt) {
+        fprintf(stderr, "lc_emu: %s: thread %d is not in a whole warpgroup (block of %d threads) (%s:%d)\n", what,
+                t, nt, file, line);
+        abort();
+    }
+    Fiber& f = R.fibers[t];
+    f.state = FiberState::AtGroup;
+    f.warp_fn = fn;
+    f.warp_data = data;
+    f.warp_what = what;
+    f.bar_file = file;
+    f.bar_line = line;
+    void* lanes[128];
+    for (int l = 0; l < 128; ++l) {
+        const Fiber& g = R.fibers[g0 + l];
+        if (g.state != FiberState::AtGroup) {   /* not everyone is here yet: wait */
+            swapcontext(&f.ctx, &R.sched);
+            return;
+        }
+        if (g.warp_fn != fn) {
+            fprintf(stderr, "lc_emu: DIVERGENT WARPGROUP COLLECTIVE: thread %d calls %s (%s:%d) while thread %d "
+                            "waits at %s (%s:%d)\n", t, what, file, line, g0 + l, g.warp_what, g.bar_file, g.bar_line);
+            abort();
+        }
+        lanes[l] = g.warp_data;
+    }
+    fn(lanes, 0);
+    for (int l = 0; l < 128; ++l) R.fibers[g0 + l].state = FiberState::Ready;
+}
+static void wg_fence(void* const*, unsigned) { warpgroup(runner()).fenced = true; }
+static void wg_record(void* const* d, unsigned) {
+    Runner& R = runner();
+    WarpgroupState& s = warpgroup(R);
+    const WgArg& a0 = *(const WgArg*)d[0];
+    if (!s.fenced) {   /* PTX ISA, wgmma.fence: required before the warpgroup's first mma_async */
+        fprintf(stderr, "lc_emu: wgmma.mma_async before any wgmma.fence of its warpgroup\n");
+        abort();
+    }
+    if (s.n_ops == LC_EMU_MAX_WGMMA) {
+        fprintf(stderr, "lc_emu: more than %d wgmma.mma_async in flight in one warpgroup\n", LC_EMU_MAX_WGMMA);
+        abort();
+    }
+    WgmmaOp& op = s.ops[s.n_ops++];
+    op.da = a0.da, op.db = a0.db, op.n = a0.n, op.prec = a0.prec, op.ta = a0.ta, op.tb = a0.tb, op.group = -1;
+    for (int l = 0; l < 128; ++l) {
+        const WgArg& a = *(const WgArg*)d[l];
+        if (a.da != a0.da || a.db != a0.db || a.n != a0.n || a.prec != a0.prec || a.ta != a0.ta || a.tb != a0.tb) {
+            fprintf(stderr, "lc_emu: wgmma.mma_async: thread %d of the warpgroup passes other descriptors or shape "
+                            "than thread 0\n", l);
+            abort();
+        }
+        op.d[l] = a.d;
+    }
+}
+static void wg_commit(void* const*, unsigned) {
+    WarpgroupState& s = warpgroup(runner());
+    for (int i = 0; i < s.n_ops; ++i)
+        if (s.ops[i].group < 0) s.ops[i].group = s.committed;
+    ++s.committed;
+}
+
+/* Matrix descriptor (PTX ISA 9.7.15.5.1.2.2): fields decoded from the 64-bit value. */
+struct MatDesc { uint32_t start, lbo, sbo; int base_offset, swizzle_bytes; };
+static inline MatDesc decode_desc(uint64_t d) {
+    MatDesc m;
+    m.start = (uint32_t)(d & 0x3FFFu) << 4;            /* bits 13-0 */
+    m.lbo = (uint32_t)((d >> 16) & 0x3FFFu) << 4;      /* bits 29-16 */
+    m.sbo = (uint32_t)((d >> 32) & 0x3FFFu) << 4;      /* bits 45-32 */
+    m.base_offset = (int)((d >> 49) & 7u);             /* bits 51-49 */
+    const int mode = (int)((d >> 62) & 3u);            /* bits 63-62: 0 none, 1 128B, 2 64B, 3 32B */
+    m.swizzle_bytes = mode == 1 ? 128 : mode == 2 ? 64 : mode == 3 ? 32 : 0;
+    if (m.base_offset != 0) {
+        fprintf(stderr, "lc_emu: wgmma matrix descriptor with base offset %d: not modelled\n", m.base_offset);
+        abort();
+    }
+    return m;
+}
+/* Byte address of element (i along M or N, j along K) of an operand (canonical layouts of PTX ISA
+   9.7.15.5.1.2.1.3, see above), before the swizzle. */
+static inline uint32_t desc_offset(const MatDesc& m, int i, int j, int esize, bool mn_major) {
+    const int T = 16 / esize;   /* elements per 16 bytes */
+    const uint32_t W = (uint32_t)m.swizzle_bytes;
+    if (!mn_major) {
+        if (!W) return (uint32_t)(i % 8) * 16 + (uint32_t)(i / 8) * m.sbo + (uint32_t)(j % T) * esize +
+                       (uint32_t)(j / T) * m.lbo;
+        return (uint32_t)(i % 8) * W + (uint32_t)(i / 8) * m.sbo + (uint32_t)j * esize;
+    }
+    if (!W) return (uint32_t)(i % T) * esize + (uint32_t)(i / T) * m.sbo + (uint32_t)(j % 8) * 16 +
+                   (uint32_t)(j / 8) * m.lbo;
+    const int per = (int)W / esize;   /* elements of one swizzle row along MN */
+    return (uint32_t)(i % per) * esize + (uint32_t)(i / per) * m.lbo + (uint32_t)(j % 8) * W + (uint32_t)(j / 8) * m.sbo;
+}
+/* Swizzle<B,4,3> on a byte address: bits [4, 4+B) ^= bits [7, 7+B); B = 3, 2, 1 for 128, 64, 32 bytes. */
+static inline uint32_t desc_swizzle(uint32_t a, int bytes) {
+    const int B = bytes == 128 ? 3 : bytes == 64 ? 2 : bytes == 32 ? 1 : 0;
+    const uint32_t mask = (1u << B) - 1u;
+    return a ^ (((a >> 7) & mask) << 4);
+}
+static inline double wg_operand(uint64_t desc, int i, int j, int prec, bool mn_major) {
+    const MatDesc m = decode_desc(desc);
+    const int esize = prec == 2 ? 2 : 4;
+    const uint32_t a = desc_swizzle(m.start + desc_offset(m, i, j, esize, mn_major), m.swizzle_bytes);
+    const unsigned char* p = smem_at(a, (size_t)esize, "wgmma operand");
+    uint32_t bits = 0;
+    if (esize == 2) {
+        uint16_t h;
+        memcpy(&h, p, 2);
+        bits = (uint32_t)h << 16;
+    } else {
+        memcpy(&bits, p, 4);
+        bits &= 0xffffe000u;   /* tf32: the low 13 bits are ignored */
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+static void wg_perform(const WgmmaOp& op) {
+    const int K = op.prec == 2 ? 16 : 8, N = op.n;
+    static thread_local double A[64][16], B[16][256];
+    for (int m = 0; m < 64; ++m)
+        for (int k = 0; k < K; ++k) A[m][k] = wg_operand(op.da, m, k, op.prec, op.ta != 0);
+    for (int n = 0; n < N; ++n)
+        for (int k = 0; k < K; ++k) B[k][n] = wg_operand(op.db, n, k, op.prec, op.tb != 0);
+    for (int t = 0; t < 128; ++t) {
+        const int w = t / 32, l = t % 32, g = l / 4, q = l % 4;
+        for (int i = 0; i < N / 2; ++i) {
+            const int row = 16 * w + g + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * q + i % 2;
+            double s = op.d[t][i];
+            for (int k = 0; k < K; ++k) s += A[row][k] * B[k][col];
+            op.d[t][i] = (float)s;
+        }
+    }
+}
+template <int N>
+static void wg_wait(void* const*, unsigned) {
+    WarpgroupState& s = warpgroup(runner());
+    int kept = 0;
+    for (int i = 0; i < s.n_ops; ++i) {
+        if (s.ops[i].group >= 0 && s.ops[i].group < s.committed - N) wg_perform(s.ops[i]);
+        else s.ops[kept++] = s.ops[i];
+    }
+    s.n_ops = kept;
+}
+template <int N, int PREC, bool TA, bool TB>
+static inline void wgmma(float* d, uint64_t da, uint64_t db, const char* file, int line) {
+    static_assert(N % 8 == 0 && N >= 8 && N <= 256, "wgmma: N is a multiple of 8 in 8..256");
+    static_assert(PREC == 2 || (!TA && !TB), "wgmma tf32: A and B are K-major (no transpose)");
+    WgArg a{da, db, d, N, PREC, TA, TB};
+    group_collective(&a, wg_record, PREC == 2 ? "wgmma.mma_async bf16" : "wgmma.mma_async tf32", file, line);
+}
+static inline Mbarrier& mbar_new(uint32_t addr, unsigned count) {
+    Runner& R = runner();
+    if (!R.mbars) {
+        R.mbars = (Mbarrier*)calloc(LC_EMU_MAX_MBARRIERS, sizeof(Mbarrier));
+        if (!R.mbars) abort();
+    }
+    Mbarrier* m = nullptr;
+    for (int i = 0; i < R.n_mbars; ++i)
+        if (R.mbars[i].addr == addr) m = &R.mbars[i];
+    if (!m) {
+        if (R.n_mbars == LC_EMU_MAX_MBARRIERS) {
+            fprintf(stderr, "lc_emu: more than %d mbarrier objects in one block\n", LC_EMU_MAX_MBARRIERS);
+            abort();
+        }
+        m = &R.mbars[R.n_mbars++];
+    }
+    if (addr % 8 || count < 1 || count > (1u << 20) - 1) {
+        fprintf(stderr, "lc_emu: mbarrier.init: address 0x%x not 8-byte aligned or count %u outside 1..2^20-1\n",
+                addr, count);
+        abort();
+    }
+    *m = Mbarrier{addr, (int)count, (int)count, 0, 0, 0, {}};
+    return *m;
+}
+}  // namespace lc_emu
+
+#define __grid_constant__
+#ifndef CUDART_VERSION
+#define CUDART_VERSION 13000
+#endif
+/* The driver API's tensor-map types (cuda.h), as far as lincompile uses them. */
+typedef struct CUtensorMap_st { alignas(64) unsigned long long opaque[16]; } CUtensorMap;
+typedef uint32_t cuuint32_t;
+typedef uint64_t cuuint64_t;
+typedef enum { CUDA_SUCCESS = 0, CUDA_ERROR_INVALID_VALUE = 1 } CUresult;
+typedef enum { CU_TENSOR_MAP_DATA_TYPE_UINT16 = 1, CU_TENSOR_MAP_DATA_TYPE_FLOAT32 = 7,
+               CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9 } CUtensorMapDataType;
+typedef enum { CU_TENSOR_MAP_INTERLEAVE_NONE = 0 } CUtensorMapInterleave;
+typedef enum { CU_TENSOR_MAP_SWIZZLE_NONE = 0, CU_TENSOR_MAP_SWIZZLE_32B, CU_TENSOR_MAP_SWIZZLE_64B,
+               CU_TENSOR_MAP_SWIZZLE_128B } CUtensorMapSwizzle;
+typedef enum { CU_TENSOR_MAP_L2_PROMOTION_NONE = 0, CU_TENSOR_MAP_L2_PROMOTION_L2_64B,
+               CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B } CUtensorMapL2promotion;
+typedef enum { CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0 } CUtensorMapFloatOOBfill;
+/* cuTensorMapEncodeTiled with the driver's argument checks (those lincompile can hit); the
+   result is this emulator's stand-in, read by lc_tma_load_2d. */
+static inline CUresult lc_emu_encode_tiled(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, void* addr,
+                                           const cuuint64_t* dim, const cuuint64_t* strides, const cuuint32_t* box,
+                                           const cuuint32_t* elem_strides, CUtensorMapInterleave interleave,
+                                           CUtensorMapSwizzle swizzle, CUtensorMapL2promotion,
+                                           CUtensorMapFloatOOBfill oob) {
+    const int esize = type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32 ? 4 : type == CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 ||
+                      type == CU_TENSOR_MAP_DATA_TYPE_UINT16 ? 2 : 0;
+    const int span = swizzle == CU_TENSOR_MAP_SWIZZLE_128B ? 128 : swizzle == CU_TENSOR_MAP_SWIZZLE_64B ? 64
+                     : swizzle == CU_TENSOR_MAP_SWIZZLE_32B ? 32 : 0;
+    if (!map || ((uintptr_t)map & 63u) || !addr || ((uintptr_t)addr & 15u) || !dim || !strides || !box)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (rank != 2 || esize == 0 || interleave != CU_TENSOR_MAP_INTERLEAVE_NONE || oob != CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE ||
+        (elem_strides && (elem_strides[0] != 1 || elem_strides[1] != 1)) ||
+        (span && box[0] * (cuuint32_t)esize != (cuuint32_t)span)) {
+        fprintf(stderr, "lc_emu: cuTensorMapEncodeTiled: this configuration is not modelled (rank 2, fp32/bf16, "
+                        "element strides 1, no interleave, zero fill, swizzled boxes one swizzle span wide)\n");
+        abort();
+    }
+    for (int i = 0; i < 2; ++i)
+        if (dim[i] == 0 || dim[i] > (1ull << 32) || box[i] == 0 || box[i] > 256) return CUDA_ERROR_INVALID_VALUE;
+    if (strides[0] % 16 || strides[0] >= (1ull << 40) || (box[0] * (cuuint32_t)esize) % 16) return CUDA_ERROR_INVALID_VALUE;
+    lc_emu::TensorMap2d t{lc_emu::TMAP_MAGIC, (const unsigned char*)addr, {dim[0], dim[1]}, strides[0],
+                          {box[0], box[1]}, esize, span};
+    memset(map, 0, sizeof *map);
+    memcpy(map, &t, sizeof t);
+    return CUDA_SUCCESS;
+}
+enum cudaDriverEntryPointQueryResult { cudaDriverEntryPointSuccess = 0, cudaDriverEntryPointSymbolNotFound = 1,
+                                       cudaDriverEntryPointVersionNotSufficent = 2 };
+#define cudaEnableDefault 0x0
+static inline cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned int,
+                                                           unsigned long long,
+                                                           cudaDriverEntryPointQueryResult* status = nullptr) {
+    const bool ok = strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
+    *fn = ok ? (void*)&lc_emu_encode_tiled : nullptr;
+    if (status) *status = ok ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaGetDriverEntryPoint(const char* symbol, void** fn, unsigned long long flags,
+                                                  cudaDriverEntryPointQueryResult* status = nullptr) {
+    return cudaGetDriverEntryPointByVersion(symbol, fn, 12000, flags, status);
+}
+
+static inline uint32_t lc_smem_u32(const void* p) { return lc_emu::smem_addr(p, "shared-memory address"); }
+static inline void lc_mbar_init(uint64_t* bar, unsigned count) {
+    lc_emu::mbar_new(lc_emu::smem_addr(bar, "mbarrier.init"), count);
+}
+static inline void lc_mbar_arrive(uint64_t* bar) {
+    lc_emu::Runner& R = lc_emu::runner();
+    lc_emu::mbar_arrive(*lc_emu::mbar_find(R, lc_emu::smem_addr(bar, "mbarrier.arrive"), "mbarrier.arrive"));
+}
+static inline void lc_mbar_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
+    lc_emu::Runner& R = lc_emu::runner();
+    lc_emu::Mbarrier& m = *lc_emu::mbar_find(R, lc_emu::smem_addr(bar, "mbarrier.arrive.expect_tx"),
+                                             "mbarrier.arrive.expect_tx");
+    if (bytes > (1u << 20) - 1) {
+        fprintf(stderr, "lc_emu: mbarrier.arrive.expect_tx of %u bytes: the tx-count range is 0..2^20-1\n", bytes);
+        abort();
+    }
+    m.tx += bytes;
+    lc_emu::mbar_arrive(m);
+}
+static inline bool lc_mbar_try_wait(uint64_t* bar, unsigned parity, LC_EMU_SITE) {
+    lc_emu::Runner& R = lc_emu::runner();
+    const uint32_t a = lc_emu::smem_addr(bar, "mbarrier.try_wait");
+    lc_emu::Mbarrier& m = *lc_emu::mbar_find(R, a, "mbarrier.try_wait");
+    lc_emu::mbar_land(m);
+    if ((m.phase & 1u) != (parity & 1u)) return true;
+    lc_emu::Fiber& f = R.fibers[R.cur];   /* blocks until the scheduler sees the phase complete */
+    f.state = lc_emu::FiberState::AtMbar;
+    f.mbar_addr = a;
+    f.mbar_parity = parity & 1u;
+    f.bar_file = lc_file_;
+    f.bar_line = lc_line_;
+    swapcontext(&f.ctx, &R.sched);
+    return true;
+}
+static inline void lc_fence_mbar_init() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void lc_tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+    lc_emu::Runner& R = lc_emu::runner();
+    lc_emu::TensorMap2d t;
+    memcpy(&t, map, sizeof t);
+    const uint32_t d = lc_emu::smem_addr(dst, "cp.async.bulk.tensor");
+    if (t.magic != lc_emu::TMAP_MAGIC || d % (t.swizzle ? 1024u : 128u)) {
+        fprintf(stderr, "lc_emu: cp.async.bulk.tensor: not a tensor map from cuTensorMapEncodeTiled, or shared "
+                        "destination 0x%x not %d-byte aligned\n", d, t.swizzle ? 1024 : 128);
+        abort();
+    }
+    lc_emu::smem_at(d, (size_t)t.box[0] * t.box[1] * t.esize, "cp.async.bulk.tensor");
+    lc_emu::Mbarrier& m = *lc_emu::mbar_find(R, lc_emu::smem_addr(bar, "cp.async.bulk.tensor"), "cp.async.bulk.tensor");
+    if (m.n_copies == LC_EMU_MAX_TMA) {
+        fprintf(stderr, "lc_emu: more than %d TMA copies in flight on one mbarrier\n", LC_EMU_MAX_TMA);
+        abort();
+    }
+    lc_emu::TmaCopy& c = m.copies[m.n_copies++];
+    c.dst = d;
+    memcpy(c.map, map, sizeof c.map);
+    c.c0 = c0;
+    c.c1 = c1;
+}
+static inline void lc_wgmma_fence(LC_EMU_SITE) {
+    int dummy = 0;
+    lc_emu::group_collective(&dummy, lc_emu::wg_fence, "wgmma.fence", lc_file_, lc_line_);
+}
+static inline void lc_wgmma_commit(LC_EMU_SITE) {
+    int dummy = 0;
+    lc_emu::group_collective(&dummy, lc_emu::wg_commit, "wgmma.commit_group", lc_file_, lc_line_);
+}
+template <int N>
+static inline void lc_wgmma_wait(LC_EMU_SITE) {
+    int dummy = 0;
+    lc_emu::group_collective(&dummy, lc_emu::wg_wait<N>, "wgmma.wait_group", lc_file_, lc_line_);
+}
+template <int R>
+static inline void lc_wgmma_fence_acc(float*) {}
+template <int N, bool TA, bool TB>
+static inline void lc_wgmma_bf16(float* d, uint64_t da, uint64_t db, LC_EMU_SITE) {
+    lc_emu::wgmma<N, 2, TA, TB>(d, da, db, lc_file_, lc_line_);
+}
+template <int N>
+static inline void lc_wgmma_tf32(float* d, uint64_t da, uint64_t db, LC_EMU_SITE) {
+    lc_emu::wgmma<N, 1, false, false>(d, da, db, lc_file_, lc_line_);
+}
+#endif /* sm_90 building blocks */
 #endif /* LC_CUDA_CPU_H */
