@@ -418,6 +418,24 @@ def test_wgmma_chosen_for_sm90a_only(monkeypatch):
         assert cuda.default_arch("bf16") == "sm_90a" and cuda.default_arch() == "sm_90"
 
 
+def test_written_sources_build_for_sm90a_in_tf32_and_bf16(tmp_path, monkeypatch):
+    """`lincompile compile --target cuda` / write_cuda_sources: the Makefile's default ARCH is
+    sm_90a where the wgmma kernels are wanted, sm_90 otherwise; --arch wins."""
+    monkeypatch.delenv("LINCOMPILE_WGMMA", raising=False)
+    g = tiny()
+
+    def arch(**kw) -> str:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        cuda.write_cuda_sources({"forward": g}, out, **kw)
+        return next(ln.split()[-1] for ln in (out / "Makefile").read_text().splitlines()
+                    if ln.startswith("ARCH ?="))
+
+    assert arch() == "sm_90" and arch(precision="bf16") == "sm_90a"
+    assert arch(precision="tf32", arch="sm_80") == "sm_80"
+    monkeypatch.setenv("LINCOMPILE_WGMMA", "0")
+    assert arch(precision="tf32") == "sm_90"
+
+
 def test_nvcc_sm90a_ptx_has_wgmma_and_tma_without_spills(jobs):
     d, js = jobs
     if "sm_90a" not in js:

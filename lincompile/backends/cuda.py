@@ -147,6 +147,12 @@ def default_arch(precision: str = "fp32") -> str:
     return arch
 
 
+def source_arch(precision: str = "fp32") -> str:
+    """What written sources build for by default: ``sm_90``, or ``sm_90a`` for tf32/bf16 (the
+    wgmma kernels; such a build runs on sm_90 devices only, pass another arch for others)."""
+    return WGMMA_ARCH if check_precision(precision) != "fp32" and wgmma_enabled() else "sm_90"
+
+
 def nvcc_line(arch: str, source: str = "model.cu", lib: str = "libmodel.so") -> list[str]:
     return ["nvcc", *NVCC_FLAGS, f"-arch={arch}", "-Xcompiler", "-fPIC", "-shared", source,
             "-o", lib]
@@ -283,7 +289,7 @@ def write_cuda_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: 
     trainable parameters become inputs of the other graphs, and files lincompile did not
     write are replaced only with ``force``. ``precision`` is that of the Linear products (see
     :func:`compile`)."""
-    arch = check_arch(arch or "sm_90")
+    arch = check_arch(arch or source_arch(precision))
     files = _CudaSource(share_trained(graphs), prefix, arch, GPU_TILES, init,
                         precision).files()
     files["Makefile"] = render(

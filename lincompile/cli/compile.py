@@ -28,9 +28,10 @@ def _compile_args(p):
                         "points")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                    help="folder for model.c (or model.cu), model.h and a Makefile")
-    p.add_argument("--arch", type=arch, default="sm_90",
-                   help="GPU architecture the CUDA Makefile builds for: sm_NN or compute_NN "
-                        "(default sm_90)")
+    p.add_argument("--arch", type=arch, default=None,
+                   help="GPU architecture the CUDA Makefile builds for: sm_NN[a] or compute_NN "
+                        "(default sm_90; sm_90a with --precision tf32/bf16, whose wgmma "
+                        "kernels need it)")
     precision_arg(p, "of the Linear products, --target cuda only")
     p.add_argument("--prefix", default="model", help="C name prefix of the entry points "
                    "(<prefix>_forward, <prefix>_train_step); a C identifier")
