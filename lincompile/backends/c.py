@@ -440,7 +440,9 @@ class CExecutable(Executable):
 
     Thread safety: ``run`` may be called from several threads at once; each thread has a
     workspace of its own (grown for a larger batch, never allocated per call), and the
-    generated code keeps no global state. A :class:`Bound` has its own workspace too."""
+    generated code keeps no global state (a bf16 library's one exception: whether the
+    process may use AMX tiles, asked once and the same for every call). A :class:`Bound`
+    has its own workspace too."""
 
     target = "c"
     precision = "fp32"   #: of the Linear products (set by compile)
