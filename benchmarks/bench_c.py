@@ -21,7 +21,9 @@ Prints:
 bfloat16, float32 sums: ``lc.compile(..., precision="bf16")``, on AMX-BF16 or AVX512-BF16
 where the host has them) next to the fp32 C kernels, torch's bf16 matmul on bf16 tensors
 (oneDNN; no conversion) and torch.autocast's bf16 on the float32 tensors (conversion
-included, as in lincompile), and the kernel the bf16 products ran on.
+included, as in lincompile), and the kernel the bf16 products ran on; then relu MLP training
+steps (784-128-10 at batch 64, 1024-4096-4096-1024 at batch 512) in fp32 and bf16 through
+``bind()`` next to torch eager in fp32 and under autocast bf16, on one thread.
 
 ``--clock cpu`` times one-thread calls by the calling thread's CPU time instead of the wall
 clock (every library here runs a one-thread call on the calling thread), which keeps
@@ -229,6 +231,64 @@ def bench_bf16_products(a, threads: int) -> list[list[str]]:
     return rows
 
 
+#: the MLP training steps of the bf16 table: layer sizes, batch
+BF16_STEPS = [((784, 128, 10), 64), ((1024, 4096, 4096, 1024), 512)]
+
+
+def bench_bf16_steps(a) -> list[list[str]]:
+    """One thread: the relu MLP steps of :data:`BF16_STEPS` (cross-entropy, SGD) through
+    ``bind()`` in fp32 and bf16, and torch eager in fp32 and under autocast bf16 (ms)."""
+    import numpy as np
+
+    import lincompile as lc
+
+    torch = _torch(1)
+    rows = []
+    for sizes, batch in BF16_STEPS:
+        g = lc.Graph("mlp", seed=0)
+        h = g.input("x", ["N", sizes[0]])
+        for i, n in enumerate(sizes[1:], 1):
+            h = g.linear(h, n, name=f"fc{i}")
+            h = g.relu(h) if i < len(sizes) - 1 else h
+        g.output(h)
+        t = lc.training_graph(g, loss="cross-entropy", optimizer=lc.SGD(0.01))
+        rng = np.random.default_rng(0)
+        feeds = {"x": rng.standard_normal((batch, sizes[0])).astype(np.float32),
+                 "target": rng.integers(0, sizes[-1], batch).astype(np.int64),
+                 "lr": np.array(0.01, np.float32), **t.initial_state}
+        fns = {p: (lc.compile(t, "c", threads=1, cflags=a.cflags, precision=p).bind(feeds), 1)
+               for p in ("fp32", "bf16")}
+        if torch is not None:
+            fns.update({k: (f, 1) for k, f in _torch_steps(torch, sizes, feeds).items()})
+        res = interleaved(fns, a.repeat, Timer(a.timer.cpu, budget=1.0))
+        ms = lambda k: f"{res[k] * 1e3:.3f}" if k in res else "–"
+        rows.append(["-".join(map(str, sizes)), str(batch), ms("fp32"), ms("bf16"),
+                     f"{res['fp32'] / res['bf16']:.2f}", ms("torch fp32"), ms("autocast")])
+        print("  ".join(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def _torch_steps(torch, sizes, feeds: dict) -> dict[str, Callable[[], object]]:
+    """torch eager training steps of the same MLP, in fp32 and under autocast bf16."""
+    layers: list = []
+    for i in range(len(sizes) - 1):
+        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    crit = torch.nn.CrossEntropyLoss()
+    x, y = torch.from_numpy(feeds["x"]), torch.from_numpy(feeds["target"])
+
+    def step(autocast: bool):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        crit(out.float(), y).backward()
+        opt.step()
+    return {"torch fp32": lambda: step(False), "autocast": lambda: step(True)}
+
+
 def _torch_bf16(torch, feeds: dict, key: str) -> dict[str, Callable[[], object]]:
     """torch's bf16 product ``key`` on bf16 copies of ``feeds`` (outputs preallocated), and
     torch.autocast's on the float32 feeds."""
@@ -364,6 +424,9 @@ def main() -> None:
             print(f"\nLinear products in bf16, {n} thread{'s' * (n > 1)}"
                   f"{'' if n == 1 else ' (wall clock)'}:\n")
             print(table(head, bench_bf16_products(a, n)))
+        print("\nMLP training steps (relu, cross-entropy + SGD), 1 thread, ms per step:\n")
+        print(table(["MLP", "batch", "C fp32", "C bf16", "fp32 / bf16", "torch fp32",
+                     "torch autocast bf16"], bench_bf16_steps(a)))
         end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"\nload average at the end: {end:.1f}")
         return
