@@ -17,6 +17,14 @@ Prints:
   lincompile's exported training graph and torch eager, on one thread and on all (bars:
   run() within 10 µs of bind(), ≥ 1.3× faster than onnxruntime at the same thread count).
 
+``--precision bf16`` prints, instead, the three products in bf16 (operands rounded to
+bfloat16, float32 sums: ``lc.compile(..., precision="bf16")``, on AMX-BF16 or AVX512-BF16
+where the host has them) next to the fp32 C kernels, torch's bf16 matmul on bf16 tensors
+(oneDNN; no conversion) and torch.autocast's bf16 on the float32 tensors (conversion
+included, as in lincompile), and the kernel the bf16 products ran on; then relu MLP training
+steps (784-128-10 at batch 64, 1024-4096-4096-1024 at batch 512) in fp32 and bf16 through
+``bind()`` next to torch eager in fp32 and under autocast bf16, on one thread.
+
 ``--clock cpu`` times one-thread calls by the calling thread's CPU time instead of the wall
 clock (every library here runs a one-thread call on the calling thread), which keeps
 other processes' load out of the numbers on a shared machine; multi-thread calls are
@@ -195,6 +203,118 @@ def bench_products(a, threads: int, pk: float) -> list[list[str]]:
     return rows
 
 
+def bench_bf16_products(a, threads: int) -> list[list[str]]:
+    """The three products in bf16 (C) against fp32 C, torch bf16 and torch autocast."""
+    import lincompile as lc
+
+    torch = _torch(threads)
+    rows = []
+    for n, cin, cout in SHAPES:
+        flops = 2 * n * cin * cout
+        graphs, _ = product_graphs(n, cin, cout)
+        for name, g, _, key in graphs:
+            feeds = lc.random_feeds(g, seed=1)
+            bf = lc.compile(g, "c", threads=threads, cflags=a.cflags, precision="bf16")
+            fp = lc.compile(g, "c", threads=threads, cflags=a.cflags)
+            fns = {"bf16": (bf.bind(feeds), threads), "fp32": (fp.bind(feeds), threads)}
+            if torch is not None:
+                fns.update({k: (f, threads) for k, f in _torch_bf16(torch, feeds, key).items()})
+            t = interleaved(fns, a.repeat, a.timer)
+            gf = {k: flops / v / 1e9 for k, v in t.items()}
+            row = [name, f"{n}×{cin}×{cout}", f"{gf['bf16']:.0f}", f"{gf['fp32']:.0f}",
+                   f"{gf['bf16'] / gf['fp32']:.2f}"]
+            row += [f"{gf[k]:.0f}" if k in gf else "–" for k in ("torch bf16", "autocast")]
+            row += [f"{gf['bf16'] / gf['torch bf16']:.2f}" if "torch bf16" in gf else "–",
+                    bf.bf16_kernel or "–"]
+            rows.append(row)
+            print("  ".join(row), file=sys.stderr, flush=True)
+    return rows
+
+
+#: the MLP training steps of the bf16 table: layer sizes, batch
+BF16_STEPS = [((784, 128, 10), 64), ((1024, 4096, 4096, 1024), 512)]
+
+
+def bench_bf16_steps(a) -> list[list[str]]:
+    """One thread: the relu MLP steps of :data:`BF16_STEPS` (cross-entropy, SGD) through
+    ``bind()`` in fp32 and bf16, and torch eager in fp32 and under autocast bf16 (ms)."""
+    import numpy as np
+
+    import lincompile as lc
+
+    torch = _torch(1)
+    rows = []
+    for sizes, batch in BF16_STEPS:
+        g = lc.Graph("mlp", seed=0)
+        h = g.input("x", ["N", sizes[0]])
+        for i, n in enumerate(sizes[1:], 1):
+            h = g.linear(h, n, name=f"fc{i}")
+            h = g.relu(h) if i < len(sizes) - 1 else h
+        g.output(h)
+        t = lc.training_graph(g, loss="cross-entropy", optimizer=lc.SGD(0.01))
+        rng = np.random.default_rng(0)
+        feeds = {"x": rng.standard_normal((batch, sizes[0])).astype(np.float32),
+                 "target": rng.integers(0, sizes[-1], batch).astype(np.int64),
+                 "lr": np.array(0.01, np.float32), **t.initial_state}
+        fns = {p: (lc.compile(t, "c", threads=1, cflags=a.cflags, precision=p).bind(feeds), 1)
+               for p in ("fp32", "bf16")}
+        if torch is not None:
+            fns.update({k: (f, 1) for k, f in _torch_steps(torch, sizes, feeds).items()})
+        res = interleaved(fns, a.repeat, Timer(a.timer.cpu, budget=1.0))
+        ms = lambda k: f"{res[k] * 1e3:.3f}" if k in res else "–"
+        rows.append(["-".join(map(str, sizes)), str(batch), ms("fp32"), ms("bf16"),
+                     f"{res['fp32'] / res['bf16']:.2f}", ms("torch fp32"), ms("autocast")])
+        print("  ".join(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def _torch_steps(torch, sizes, feeds: dict) -> dict[str, Callable[[], object]]:
+    """torch eager training steps of the same MLP, in fp32 and under autocast bf16."""
+    layers: list = []
+    for i in range(len(sizes) - 1):
+        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    crit = torch.nn.CrossEntropyLoss()
+    x, y = torch.from_numpy(feeds["x"]), torch.from_numpy(feeds["target"])
+
+    def step(autocast: bool):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        crit(out.float(), y).backward()
+        opt.step()
+    return {"torch fp32": lambda: step(False), "autocast": lambda: step(True)}
+
+
+def _torch_bf16(torch, feeds: dict, key: str) -> dict[str, Callable[[], object]]:
+    """torch's bf16 product ``key`` on bf16 copies of ``feeds`` (outputs preallocated), and
+    torch.autocast's on the float32 feeds."""
+    f = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    h = {k: v.bfloat16() for k, v in f.items()}
+    auto = torch.autocast("cpu", dtype=torch.bfloat16)
+    lin = torch.nn.functional.linear
+    if key == "y":
+        out = torch.empty(h["x"].shape[0], h["w"].shape[0], dtype=torch.bfloat16)
+        bf = lambda: torch.addmm(h["b"], h["x"], h["w"].T, out=out)
+        ac = lambda: lin(f["x"], f["w"], f["b"])
+    elif key == "dx":
+        out = torch.empty(h["dy"].shape[0], h["w"].shape[1], dtype=torch.bfloat16)
+        bf = lambda: torch.mm(h["dy"], h["w"], out=out)
+        ac = lambda: torch.mm(f["dy"], f["w"])
+    else:
+        out = torch.empty(h["dy"].shape[1], h["x"].shape[1], dtype=torch.bfloat16)
+        bf = lambda: torch.mm(h["dy"].T, h["x"], out=out)
+        ac = lambda: torch.mm(f["dy"].T, f["x"])
+
+    def autocast():
+        with auto:
+            return ac()
+    return {"torch bf16": bf, "autocast": autocast}
+
+
 def _torch(threads: int):
     try:
         import torch
@@ -275,6 +395,9 @@ def main() -> None:
     p.add_argument("--avx2", action="store_true",
                    help="generated code for -march=x86-64-v3, numpy and torch limited to AVX2")
     p.add_argument("--no-products", action="store_true", help="only the MLP step")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: only the three products in bf16, against fp32 C, torch bf16 "
+                        "and torch autocast (default fp32: everything above)")
     a = p.parse_args()
     for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[v] = "1"   # before numpy / torch load their thread pools
@@ -294,6 +417,19 @@ def main() -> None:
           f", numpy {np.__version__}, onnxruntime {onnxruntime.__version__}"
           + (f", torch {torch.__version__}" if torch else "") + f"; cflags {' '.join(a.cflags)}"
           f"; clock {a.clock}, repeat {a.repeat}; load average at start {load:.1f}")
+    if a.precision == "bf16":
+        head = ["product", "N×C_in×C_out", "C bf16 GFLOP/s", "C fp32", "bf16 / fp32",
+                "torch bf16", "torch autocast", "C bf16 / torch bf16", "kernel"]
+        for n in [1] + ([a.threads] if a.threads > 1 else []):
+            print(f"\nLinear products in bf16, {n} thread{'s' * (n > 1)}"
+                  f"{'' if n == 1 else ' (wall clock)'}:\n")
+            print(table(head, bench_bf16_products(a, n)))
+        print("\nMLP training steps (relu, cross-entropy + SGD), 1 thread, ms per step:\n")
+        print(table(["MLP", "batch", "C fp32", "C bf16", "fp32 / bf16", "torch fp32",
+                     "torch autocast bf16"], bench_bf16_steps(a)))
+        end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\nload average at the end: {end:.1f}")
+        return
     pk = peak(march)
     print(f"fp32 FMA peak: {pk:.1f} GFLOP/s per core (benchmarks/peak.c, {' '.join(march)})\n")
     if not a.no_products:

@@ -35,6 +35,7 @@ from .ir import Graph
 from .progress import Progress
 from .train_data import load_data
 from .training import SGD, Adam, AdamW, Optimizer, training_graph
+from .validate import PRECISION_TARGETS
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 #: ``step(x, y, lr, state) -> (loss, next state)``: one minibatch through the training step.
@@ -204,9 +205,9 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
         refuse_inputs([out], [path])
     if path is None and logits is not None:
         raise LincompileError("logits= chooses a tensor of a model file; pass the path")
-    if precision != "fp32" and target not in ("cuda", "cuda-cpu"):
-        raise LincompileError(f"precision '{precision}' needs target cuda or cuda-cpu, not "
-                              f"'{target}'")
+    if precision != "fp32" and target not in PRECISION_TARGETS:
+        raise LincompileError(f"precision '{precision}' needs target c, cuda or cuda-cpu, "
+                              f"not '{target}'")
     options = {"precision": precision} if precision != "fp32" else {}
     worker = workers if isinstance(workers, distributed.Worker) else None
     if worker is None and distributed.world_size(workers) > 1:

@@ -19,11 +19,11 @@ from .ops import get_op
 REL_BOUND = 1e-5
 #: Where the reference is all zeros, the bound on max |out|.
 ABS_BOUND = 1e-6
-#: The bound of the CUDA targets per precision of their Linear products (tf32 and bf16
-#: round the products' operands: within 2e-2 of float64 over a step).
+#: The bound of the C and CUDA targets per precision of their Linear products (tf32 and
+#: bf16 round the products' operands: within 2e-2 of float64 over a step).
 PRECISION_BOUND = {"fp32": REL_BOUND, "tf32": 2e-2, "bf16": 2e-2}
-#: Targets that take a ``precision``.
-PRECISION_TARGETS = ("cuda", "cuda-cpu")
+#: Targets that take a ``precision`` (``c``: fp32 and bf16; the CUDA targets: tf32 too).
+PRECISION_TARGETS = ("c", "cuda", "cuda-cpu")
 #: The most memory random feeds plus their outputs may take (bytes, float64 for the
 #: reference included): above it, :func:`random_feeds` refuses instead of being killed.
 MAX_FEED_BYTES = 2 * 2**30
@@ -148,8 +148,9 @@ def validate(graph: Graph, targets: Sequence[str] = ("reference", "onnx"), batch
              seed: int = 0, feeds: Mapping[str, np.ndarray] | None = None,
              precision: str = "fp32") -> Report:
     """Run random (or given) feeds through each target and compare every output with the
-    float64 reference. ``precision`` is that of the Linear products on the CUDA targets
-    (``tf32``/``bf16`` are held to :data:`PRECISION_BOUND`); the others compute in float32.
+    float64 reference. ``precision`` is that of the Linear products on the C and CUDA
+    targets (``tf32``/``bf16`` are held to :data:`PRECISION_BOUND`; ``c`` takes ``fp32``
+    and ``bf16``); the others compute in float32.
 
     This checks each backend's code against the reference, not the rules themselves: the
     reference is built from the same op declarations (shape, gradient and update rules),

@@ -36,6 +36,7 @@ from .c_kernels import (
     BatchLimit,
     Context,
     CStep,
+    bf16_copy_bound,
     emit,
     gemm_dims,
     gemm_limits,
@@ -44,6 +45,7 @@ from .c_kernels import (
 )
 from .c_tiles import TILES, gemm_tiles
 from .plan import Plan, Size, make_plan
+from .precision import C_PRECISIONS, check_precision
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
 
 DEFAULT_CFLAGS = ("-O3", "-march=native", "-std=c99")
@@ -55,6 +57,8 @@ MAX_THREADS = 1024
 MAX_WORKSPACE = 2**62
 #: a C ``long``: the largest batch N that the entry points can be passed
 LONG_MAX = 2**63 - 1
+#: column pairs (32 columns each) of the bf16 kernels' L2-resident B panel (gemm_bf16.c.j2)
+BF16_NCP = 8
 
 
 def default_threads() -> int:
@@ -128,8 +132,12 @@ class Entry:
 class _Source:
     """Renders the .c/.h text of one or more graphs (entries) sharing constants."""
 
+    #: the precisions of the Linear products this language's kernels take
+    PRECISIONS = C_PRECISIONS
+
     def __init__(self, graphs: Mapping[str, Graph], prefix: str, cflags: Sequence[str],
-                 threads: int, init: bool = False):
+                 threads: int, init: bool = False, precision: str = "fp32"):
+        self.precision = check_precision(precision, self.PRECISIONS, "c")
         self.prefix = c_ident(prefix)
         self.cflags, self.threads = list(cflags), check_threads(threads)
         self._tiles: dict[str, int] | None = None
@@ -152,10 +160,11 @@ class _Source:
         return steps, params, plan, [self._const(graph, k) for k in params]
 
     def _entry(self, name: str, graph: Graph, init: bool) -> Entry:
-        steps, params, plan, pids = self._layout(graph, lower)
+        steps, params, plan, pids = self._layout(graph, lambda g: lower(g, self.precision))
         names: dict[str, str] = {}
         decls: list[str] = []
-        if any((gemm_routine(s) or "").startswith("lc_gemm") for s in steps):
+        gemms = [s for s in steps if (gemm_routine(s) or "").startswith("lc_gemm")]
+        if gemms:
             decls.append("float *pack = (float *)(ws + off[0]);")
         base = len(decls)   # slot k lives at off[base + k]
 
@@ -180,21 +189,27 @@ class _Source:
         ctx = Context(C, ptr, scratch, self.bytecode)
         body = [{"comment": s.comment(), "code": emit(s, ctx)}
                 for k, s in enumerate(steps) if k not in plan.views]
-        # the GEMM pack area: LC_THREADS slices, each the most any product here needs
-        packs = sorted({"lc_gemm_pack_floats({}, {}, {})".format(*gemm_dims(s)) for s in steps
-                        if (gemm_routine(s) or "").startswith("lc_gemm")})
+        # the GEMM pack area: LC_THREADS slices, each the most any product here needs (a
+        # bf16 product needs its operands' copies too: lc_gemm_bf16_pack_floats)
+        bf16 = any(s.precision == "bf16" for s in gemms)
+        packs = sorted({("lc_gemm_bf16_pack_floats({}, {}, {}, LC_THREADS)" if s.precision
+                         == "bf16" else "LC_THREADS * lc_gemm_pack_floats({}, {}, {})" if bf16
+                         else "lc_gemm_pack_floats({}, {}, {})").format(*gemm_dims(s))
+                        for s in gemms})
         pack = packs[0] if packs else ""
         for p in packs[1:]:
             pack = f"lc_gemm_max({pack}, {p})"
-        layout = ([f"sizeof(float) * LC_THREADS * {pack}"] if base else []) + [
+        layout = ([f"sizeof(float) * ({pack})" if bf16 else
+                   f"sizeof(float) * LC_THREADS * {pack}"] if base else []) + [
             s.c() for s in plan.slots]
         text = self._text(name, graph, plan, ptr, init, layout=layout, decls=decls, steps=body)
         # at most this many pack bytes, whatever the product (gemm.c.j2's lc_gemm_pack_floats)
         t = self.tiles() if base else TILES
         k = t["kc"]
         most = 4 * self.threads * (-(-t["mc"] * k // 16) + -(-t["nc"] * k // 16)) * 16
+        copies = [b for s in gemms if s.precision == "bf16" for b in bf16_copy_bound(s)]
         return Entry(name, graph, steps, plan, params, text,
-                     max_batch(graph, plan.slots, most + 64 if base else 0))
+                     max_batch(graph, [*plan.slots, *copies], most + 64 if base else 0))
 
     # the language's part of an entry point: its return type, its trailing arguments, and
     # how an output that is another tensor's value gets copied
@@ -296,9 +311,13 @@ class _Source:
                   "what": " and ".join(e.text["what"] for e in self.entries),
                   "entries": [e.text for e in self.entries]}
         gemm = render("c/gemm.c.j2", self.bytecode, **self.tiles()) if uses("lc_gemm") else ""
+        bf16 = render("c/gemm_bf16.c.j2", self.bytecode, ncp=BF16_NCP) if uses(
+            "lc_gemm_bf16") else ""
+        common["bf16"] = bool(bf16)
         small = render("c/small_gemm.c.j2", self.bytecode) if uses("lc_small") else ""
         dgemm = render("c/dgemm.c.j2", self.bytecode) if uses("lc_dgemm") else ""
         c = render("c/model.c.j2", self.bytecode, **common, gemm=gemm.rstrip("\n"),
+                   bf16_gemm=bf16.rstrip("\n"),
                    small=small.rstrip("\n"), dgemm=dgemm.rstrip("\n"),
                    params=list(self.consts.values()), max_n=self.max_n(),
                    max_layout=max(len(e.text["layout"]) for e in self.entries))
@@ -309,7 +328,8 @@ class _Source:
 
 def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str = "model",
                     cflags: Sequence[str] | None = None, threads: int = 1,
-                    init: bool = True, force: bool = False) -> list[Path]:
+                    init: bool = True, force: bool = False,
+                    precision: str = "fp32") -> list[Path]:
     """Write ``model.c``, ``model.h`` and a ``Makefile`` for ``graphs`` (entry name ->
     graph, e.g. ``{"forward": model, "train_step": training_graph(model, ...)}``).
     Files of those names already in ``outdir`` are replaced only if lincompile wrote them
@@ -318,13 +338,14 @@ def write_c_sources(graphs: Mapping[str, Graph], outdir: str | Path, prefix: str
     When a training graph is among them, the other graphs read its trainable parameters
     as inputs (same names, after their own inputs) instead of baking them in, so a C
     program can evaluate the weights it trains. ``init`` adds ``<prefix>_<entry>_init``
-    functions that fill a training step's state with its initial values.
+    functions that fill a training step's state with its initial values. ``precision``:
+    see :func:`compile`.
     """
     threads = check_threads(threads)
     cflags = list(DEFAULT_CFLAGS if cflags is None else cflags)
     if threads > 1 and "-fopenmp" not in cflags:
         cflags.append("-fopenmp")
-    files = _Source(share_trained(graphs), prefix, cflags, threads, init).files()
+    files = _Source(share_trained(graphs), prefix, cflags, threads, init, precision).files()
     files["Makefile"] = render("c/Makefile.j2", None, version=__version__, file="model.c",
                                header="model.h", lib="libmodel.so", obj="model.o",
                                cflags=" ".join(cflags))
@@ -419,14 +440,18 @@ class CExecutable(Executable):
 
     Thread safety: ``run`` may be called from several threads at once; each thread has a
     workspace of its own (grown for a larger batch, never allocated per call), and the
-    generated code keeps no global state. A :class:`Bound` has its own workspace too."""
+    generated code keeps no global state (a bf16 library's one exception: whether the
+    process may use AMX tiles, asked once and the same for every call). A :class:`Bound`
+    has its own workspace too."""
 
     target = "c"
+    precision = "fp32"   #: of the Linear products (set by compile)
 
     def __init__(self, graph: Graph, lib_path: Path, entry: Entry, prefix: str):
         super().__init__(graph)
         self.path, self.entry, self.plan = lib_path, entry, entry.plan
         self.lib = load_library(lib_path)
+        self._prefix = prefix
         self._fn = getattr(self.lib, f"{prefix}_{entry.name}")
         self._fn.restype = None
         self._fn.argtypes = [ctypes.c_long] + [ctypes.c_void_p] * (
@@ -442,6 +467,17 @@ class CExecutable(Executable):
     def source(self) -> str:
         """The generated C file."""
         return (self.path.parent / "model.c").read_text()
+
+    @property
+    def bf16_kernel(self) -> str | None:
+        """What this process runs the bf16 products on: ``"amx"`` (AMX-BF16 tiles),
+        ``"avx512-bf16"`` or ``"portable"`` (operands rounded to bf16, then the float32
+        kernels); None when the library has no bf16 product."""
+        fn = getattr(self.lib, f"{self._prefix}_bf16_kernel", None)
+        if fn is None:
+            return None
+        fn.restype, fn.argtypes = ctypes.c_char_p, []
+        return fn().decode()
 
     def workspace_size(self, n: int) -> int:
         """Bytes of workspace the entry point needs at batch ``n`` (a FeedError when that
@@ -671,18 +707,27 @@ class Bound:
 
 
 def compile(graph: Graph, threads: int | None = None, cflags: Sequence[str] | None = None,
-            prefix: str = "model") -> CExecutable:
+            prefix: str = "model", precision: str = "fp32") -> CExecutable:
     """Generate, build (or fetch from the cache) and load the C code of ``graph``.
 
     ``cflags`` replaces the default ``-O3 -march=native -std=c99``; ``threads`` (1 to 1024;
     default: the cores this process may run on, as onnxruntime does) above 1 adds
     ``-fopenmp`` and runs the GEMMs on that many threads (results identical to 1 thread).
     The executable may be called from several threads at once.
+
+    ``precision`` of the float32 Linear products: ``fp32`` (default) or ``bf16``, mixed
+    precision as ``torch.autocast(dtype=torch.bfloat16)``: operands rounded to bfloat16,
+    float32 sums; weights, optimizer state, losses and reductions stay float32. It runs
+    on AMX-BF16 or AVX512-BF16 where the build targets them (``-march=native`` on such a
+    host), elsewhere on a portable path with the same numerics; ``exe.bf16_kernel`` says
+    which.
     """
     threads = check_threads(default_threads() if threads is None else threads)
     flags = list(DEFAULT_CFLAGS if cflags is None else cflags)
     if threads > 1 and "-fopenmp" not in flags:
         flags.append("-fopenmp")
-    src = _Source({entry_name(graph): graph}, prefix, flags, threads)
+    src = _Source({entry_name(graph): graph}, prefix, flags, threads, precision=precision)
     lib = build(src.files(), flags)
-    return CExecutable(graph, lib, src.entries[0], src.prefix)
+    exe = CExecutable(graph, lib, src.entries[0], src.prefix)
+    exe.precision = src.precision
+    return exe

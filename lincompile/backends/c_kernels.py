@@ -18,6 +18,9 @@ Decisions made here:
   the 64-wide register tile;
 - broadcasting loops are merged to the fewest dims with unit or zero strides, so the inner
   loop vectorizes; reductions accumulate in double in a scratch buffer;
+- in precision ``bf16`` every float32 product calls ``lc_gemm_bf16_*``
+  (``templates/c/gemm_bf16.c.j2``: bf16 operands, float32 sums, the same epilogues and
+  fused SGD), classifier heads included;
 - sizes and indices are ``size_t`` (products of dims pass 2^31 easily); only the GEMMs take
   single dims as C ``int``: a fixed one above :data:`MAX_GEMM_DIM` is a CompileError, a batch
   above it a FeedError at run time (:class:`BatchLimit`).
@@ -57,6 +60,7 @@ class CStep:
     view: bool = False
     elementwise: bool = False
     scratch: list[Size] = field(default_factory=list)
+    precision: str = "fp32"    # of the product a GEMM step computes (fp32 or bf16)
 
     @property
     def kernel(self) -> str:
@@ -78,8 +82,9 @@ class CStep:
         return text
 
 
-def lower(graph: Graph) -> list[CStep]:
-    """The graph's nodes as kernel calls, in order (dead code dropped, fusions made)."""
+def lower(graph: Graph, precision: str = "fp32") -> list[CStep]:
+    """The graph's nodes as kernel calls, in order (dead code dropped, fusions made);
+    ``precision`` (fp32 or bf16) is that of the float32 products."""
     needed = {v.name for v in graph.outputs}
     for n in reversed(graph.nodes):
         if any(v.name in needed for v in n.outputs):
@@ -108,6 +113,9 @@ def lower(graph: Graph) -> list[CStep]:
         steps.append(step)
     steps = _fuse_sgd(steps, readers, outputs)
     for s in steps:
+        if s.kernel in ("linear", "matmul", "sgd_gemm") and \
+                product(s)[0].outputs[0].dtype == "float32":
+            s.precision = precision
         for v, d in gemm_operand_dims(s):
             if d.power == 0 and d.coef > MAX_GEMM_DIM:
                 raise CompileError(f"node '{product(s)[0].name}': tensor '{v.name}' has a "
@@ -214,6 +222,8 @@ def gemm_routine(step: CStep) -> str | None:
     cols = n.inputs[1].shape[0] if tb else n.inputs[1].shape[-1]
     if n.outputs[0].dtype == "float64":
         return "lc_dgemm_" + GEMMS[ta, tb]
+    if step.precision == "bf16":
+        return "lc_gemm_bf16_" + GEMMS[ta, tb]
     if (ta, tb) == (False, True) and isinstance(cols, int) and cols <= SMALL_N:
         return "lc_small_nt"
     return "lc_gemm_" + GEMMS[ta, tb]
@@ -237,6 +247,14 @@ def gemm_dims(step: CStep) -> tuple[str, str, str]:
     size_t); the workspace planner sizes the GEMM pack area from them."""
     m, n, k = _mnk(step)
     return m.c(), n.c(), k.c()
+
+
+def bf16_copy_bound(step: CStep) -> list[Size]:
+    """Bytes that the bf16 copies of a bf16 product's operands take at most (its routine's
+    ``lc_gemm_bf16_copy_floats``: M and N padded to 16 and K to 32, 2 bytes each, or 4
+    bytes unpadded on the portable path): 1024 · (M·K + K·N)."""
+    m, n, k = _mnk(step)
+    return [Size(1024) * m * k, Size(1024) * k * n]
 
 
 def gemm_operand_dims(step: CStep) -> list[tuple[Value, Size]]:

@@ -60,14 +60,8 @@ from .cuda_build import (
     nvcc,
     require_device,
 )
-from .cuda_kernels import (
-    PRECISIONS,
-    CudaContext,
-    check_precision,
-    cuda_limits,
-    emit_cuda,
-    lower_cuda,
-)
+from .cuda_kernels import CudaContext, cuda_limits, emit_cuda, lower_cuda
+from .precision import PRECISIONS, check_precision
 from .render import CTYPES, c_comment, render, templates_dir, wrap_args
 
 __all__ = ["PRECISIONS", "CudaError", "compile", "compile_cpu", "gpu_available",
@@ -166,6 +160,8 @@ def emu_line(source: str = "model.cu", lib: str = "libmodel_cpu.so") -> list[str
 class _CudaSource(_Source):
     """Renders the .cu/.h text of one or more graphs (entries) sharing constants."""
 
+    PRECISIONS = PRECISIONS
+
     def __init__(self, graphs: Mapping[str, Graph], prefix: str, arch: str,
                  tiles: Mapping[str, int], init: bool = False, precision: str = "fp32",
                  mma: Mapping[str, Any] | None = None):
@@ -173,7 +169,7 @@ class _CudaSource(_Source):
         self.precision = check_precision(precision)
         self.mma = mma if mma is not None else (
             mma_tiles(arch, precision) if precision != "fp32" else MMA_GPU_TILES)
-        super().__init__(graphs, prefix, [], 1, init)
+        super().__init__(graphs, prefix, [], 1, init, precision)
 
     def _entry(self, name: str, graph: Graph, init: bool) -> Entry:
         steps, params, plan, pids = self._layout(

@@ -47,6 +47,7 @@ from .c_kernels import (
     row_count,
 )
 from .plan import Size
+from .precision import check_precision
 from .render import CTYPES, CUDA, c_comment, render, wrap_args
 
 #: Steps whose body is the shared C template, run one thread per element.
@@ -274,18 +275,8 @@ SPECIAL = {"reduce_sum": _reduce_sum, "mse": _mse, "softmax_cross_entropy": _sce
 
 
 # ------------------------------------------------------------------ precisions
-#: What the Linear products compute in: fp32 (the tiled fp32 GEMMs), tf32 or bf16 operands
-#: on tensor cores with fp32 accumulation (templates/cuda/gemm_mma.cu.j2).
-PRECISIONS = ("fp32", "tf32", "bf16")
 GEMM_KERNELS = ("linear", "matmul", "sgd_gemm")
 MMA_PREC = {"tf32": "LC_PREC_TF32", "bf16": "LC_PREC_BF16"}
-
-
-def check_precision(precision: object) -> str:
-    if precision not in PRECISIONS:
-        raise CompileError(f"precision must be one of {', '.join(PRECISIONS)}, got "
-                           f"{precision!r}")
-    return str(precision)
 
 
 @dataclass(eq=False)
