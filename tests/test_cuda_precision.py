@@ -428,19 +428,19 @@ def test_cli_precision_flags(tmp_path):
                         "reference,cuda-cpu", "--precision", "bf16", "--batch", "5"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "0.02 for bf16 on the CUDA targets" in r.stdout
+    assert "0.02 for bf16 on the C and CUDA targets" in r.stdout
     assert re.search(r"^cuda-cpu\s+fc2\s.*ok$", r.stdout, re.M), r.stdout
     r = subprocess.run([*cli, "compile", tmp_path / "tiny.onnx", "--target", "cuda",
                         "--precision", "tf32", "-o", tmp_path / "out"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "lc_mma_gemm(LC_PREC_TF32" in (tmp_path / "out" / "model.cu").read_text()
-    for bad in (["--target", "c", "--precision", "bf16"],
-                ["--target", "cuda", "--precision", "bf16", "--arch", "sm_75"]):
+    for bad, says in ((["--target", "c", "--precision", "tf32"], "tf32"),
+                      (["--target", "cuda", "--precision", "bf16", "--arch", "sm_75"], "bf16")):
         r = subprocess.run([*cli, "compile", tmp_path / "tiny.onnx", *bad, "-o",
                             tmp_path / "bad"], capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert "bf16" in r.stderr
+        assert says in r.stderr
 
 
 # ---------------------------------------------------------------------------- (c) nvcc

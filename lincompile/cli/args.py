@@ -70,8 +70,8 @@ def precision_arg(p, what: str) -> None:
     """``--precision``: the one place its choices and help live (validate, compile, train);
     ``what`` says what it applies to for that command."""
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
-                   help=f"{what} (default fp32; tf32: tensor cores with tf32 operands; bf16: "
-                        "bf16 operands, fp32 accumulation, like torch.autocast)")
+                   help=f"{what} (default fp32; tf32: tensor cores with tf32 operands, CUDA "
+                        "only; bf16: bf16 operands, fp32 accumulation, like torch.autocast)")
 
 
 def training_args(p, required: bool) -> None:

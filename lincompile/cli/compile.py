@@ -32,7 +32,7 @@ def _compile_args(p):
                    help="GPU architecture the CUDA Makefile builds for: sm_NN[a] or compute_NN "
                         "(default sm_90; sm_90a with --precision tf32/bf16, whose wgmma "
                         "kernels need it)")
-    precision_arg(p, "of the Linear products, --target cuda only")
+    precision_arg(p, "of the Linear products (c: fp32 or bf16)")
     p.add_argument("--prefix", default="model", help="C name prefix of the entry points "
                    "(<prefix>_forward, <prefix>_train_step); a C identifier")
     p.add_argument("--threads", type=number(int, 1, MAX_THREADS), default=1, metavar="N",
@@ -77,14 +77,16 @@ def compile_(a) -> int:
         paths = write_cuda_sources(graphs, a.output, prefix=a.prefix, arch=a.arch,
                                    precision=a.precision, force=a.force)
     else:
-        if a.precision != "fp32":
-            raise UsageError("--precision tf32/bf16 needs --target cuda")
+        if a.precision == "tf32":
+            raise UsageError("--precision tf32 needs --target cuda (target c: fp32 or bf16)")
         paths = write_c_sources(graphs, a.output, prefix=a.prefix, threads=a.threads,
-                                force=a.force)
+                                precision=a.precision, force=a.force)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     entries = [f"{a.prefix}_{e}" for e in graphs]
     entries += [f"{a.prefix}_{e}_init" for e, g in graphs.items() if g.initial_state]
     entries.append(f"{a.prefix}_workspace_size")
+    if a.target == "c" and a.precision == "bf16":
+        entries.append(f"{a.prefix}_bf16_kernel")
     print(f"entry points: {', '.join(entries)} (documented in model.h); build: "
           f"make -C {a.output}")
     return OK

@@ -45,7 +45,7 @@ def _train_args(p):
                         "NCCL for --target cuda): each runs its shard of every minibatch and "
                         "the gradients are all-reduced (default 1; under torchrun: as many as "
                         "it started)")
-    precision_arg(p, "of the Linear products, --target cuda or cuda-cpu only")
+    precision_arg(p, "of the Linear products, --target c (fp32 or bf16), cuda or cuda-cpu")
     p.add_argument("--x", default="x", metavar="KEY", help=".npz array of features (default x)")
     p.add_argument("--y", default="y", metavar="KEY", help=".npz array of targets (default y)")
     model_flags(p)

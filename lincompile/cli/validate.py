@@ -19,8 +19,8 @@ def _validate_args(p):
     p.add_argument("--seed", type=seed, default=0, metavar="S",
                    help="seed of the random feeds, ≥ 0 (default 0)")
     model_flags(p)
-    precision_arg(p, "of the Linear products on the CUDA targets (cuda, cuda-cpu); tf32 "
-                     "and bf16 are held to 2e-2 instead of 1e-5")
+    precision_arg(p, "of the Linear products on the C and CUDA targets (c: fp32 or bf16); "
+                     "tf32 and bf16 are held to 2e-2 instead of 1e-5")
 
 
 @command("validate", _validate_args,
@@ -39,7 +39,8 @@ def validate(a) -> int:
     report = validate(graph, targets, batch=a.batch, seed=a.seed, precision=a.precision)
     bound = f"‖out − ref‖/‖ref‖ ≤ {REL_BOUND:g}"
     if a.precision != "fp32" and set(targets) & set(PRECISION_TARGETS):
-        bound += f" ({PRECISION_BOUND[a.precision]:g} for {a.precision} on the CUDA targets)"
+        bound += (f" ({PRECISION_BOUND[a.precision]:g} for {a.precision} on the C and CUDA "
+                  "targets)")
     print(f"validate {a.file}: graph '{graph.name}', batch {a.batch}, seed {a.seed}; "
           f"bound {bound} against the float64 reference")
     print(report)
