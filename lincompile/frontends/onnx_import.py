@@ -1,8 +1,10 @@
 """ONNX → lincompile IR: ``load_onnx(path | bytes | ModelProto) -> Graph``.
 
-Reads models from ``torch.onnx.export`` (TorchScript and dynamo exporters) and every file
-lincompile itself writes (model and training graphs, with their ``lincompile.*`` local
-functions and metadata). The per-op import table is in :mod:`.onnx_ops`; activations
+Reads models from ``torch.onnx.export`` (TorchScript and dynamo exporters), Keras, skl2onnx
+(scikit-learn's MLPs, ``StandardScaler`` and linear models: the ``ai.onnx.ml`` ops of
+:mod:`.onnx_ml`) and every file lincompile itself writes (model and training graphs, with
+their ``lincompile.*`` local functions and metadata). The per-op import table is in
+:mod:`.onnx_ops`; activations
 that older exporters write as several nodes (GELU, SiLU) are recognised first, by
 :mod:`.onnx_patterns`.
 
@@ -34,10 +36,10 @@ graph m(x: float32[N, 4]) -> (y: float32[N, 3])
 
 **The layout map.** Where a trainable parameter is stored differently from the file (a
 transposed or renamed weight, a reshaped bias), the graph's metadata ``lincompile.params``
-maps it to its source tensor and transform (:mod:`.layout`); ``write_trained`` uses it to write
-trained values back. **Classifier heads**: a model whose outputs come from Softmax,
-LogSoftmax or skl2onnx's head is imported up to the logits (:mod:`.heads`), the head
-described in ``lincompile.head``.
+maps it to its source tensor (or node attribute) and transform (:mod:`.layout`);
+``write_trained`` uses it to write trained values back. **Classifier heads**: a model whose
+outputs come from Softmax, LogSoftmax, skl2onnx's head or a ``LinearClassifier`` is imported
+up to the logits (:mod:`.heads`), the head described in ``lincompile.head``.
 
 A weight is only transposed, reshaped or renamed when this node is its only user, and never
 in lincompile's own files (there a Gemm without transB is a ``matmul``). Two things a saved
