@@ -47,6 +47,21 @@ def layout_of(graph: Graph) -> dict[str, dict[str, str]]:
             for p in graph.params.values() if p.trainable and not p.const}
 
 
+def describe(spec: dict) -> str:
+    """A layout-map entry for people: where in the file the parameter is, and how stored.
+
+    >>> describe({"source": "onnx::MatMul_8", "transform": "transpose"})
+    'onnx::MatMul_8, transposed'
+    >>> describe({"source": "LinearClassifier", "attribute": "coefficients", "transform": "pair"})
+    'LinearClassifier.coefficients, as [-P; P]'
+    """
+    src = spec["source"] + (f".{spec['attribute']}" if "attribute" in spec else "")
+    t = spec["transform"]
+    how = {"identity": "", "transpose": "transposed", "reshape": "reshaped",
+           "pair": "as [-P; P]"}.get(t, t)
+    return f"{src}, {how}" if how else src
+
+
 def start_state(train: Graph) -> dict[str, np.ndarray]:
     """Every input of a training graph but the data (model inputs and ``target``), at its
     starting value: parameters, zeroed optimizer state, ``step`` 0 and the recorded ``lr``."""
