@@ -6,7 +6,10 @@ scikit-learn's (skl2onnx) ``Softmax`` (or, for two classes, ``Sigmoid`` and a ``
 ``[1 − p, p]``) followed by ``ArgMax``, ``ArrayFeatureExtractor``, ``ZipMap`` and ``Cast``
 nodes that make a second ``label`` output. Cross-entropy trains the logits before the head, as
 ``torch.nn.CrossEntropyLoss`` does, so the importer takes only the part of the model that
-computes the logits (:func:`cut`); the head stays in the file, untouched.
+computes the logits (:func:`cut`); the head stays in the file, untouched. scikit-learn's linear
+classifiers end in an ``ai.onnx.ml`` ``LinearClassifier`` (its scores before ``post_transform``
+are the logits) or, for ``SGDClassifier``, in an ``ArgMax`` of decision scores (kind
+``scores``), and a two-class one in the scores ``[−z, z]`` (kind ``sigmoid``).
 
 >>> from onnx import helper, TensorProto
 >>> vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3])
