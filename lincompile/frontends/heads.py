@@ -6,7 +6,10 @@ scikit-learn's (skl2onnx) ``Softmax`` (or, for two classes, ``Sigmoid`` and a ``
 ``[1 − p, p]``) followed by ``ArgMax``, ``ArrayFeatureExtractor``, ``ZipMap`` and ``Cast``
 nodes that make a second ``label`` output. Cross-entropy trains the logits before the head, as
 ``torch.nn.CrossEntropyLoss`` does, so the importer takes only the part of the model that
-computes the logits (:func:`cut`); the head stays in the file, untouched.
+computes the logits (:func:`cut`); the head stays in the file, untouched. scikit-learn's linear
+classifiers end in an ``ai.onnx.ml`` ``LinearClassifier`` (its scores before ``post_transform``
+are the logits) or, for ``SGDClassifier``, in an ``ArgMax`` of decision scores (kind
+``scores``), and a two-class one in the scores ``[−z, z]`` (kind ``sigmoid``).
 
 >>> from onnx import helper, TensorProto
 >>> vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3])
@@ -26,12 +29,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import LincompileError
+from .onnx_ml import DOMAIN as ML
+from .onnx_ml import classifier_form, logits_name
 
 #: The node turning logits into probabilities, and what lincompile calls that head.
 PROBABILITIES = {"Softmax": "softmax", "LogSoftmax": "log_softmax"}
 #: Ops that may follow the probabilities on the way to an output: labels, maps and copies.
 TAIL = {"ArgMax", "ArrayFeatureExtractor", "ZipMap", "Cast", "Reshape", "Identity", "Flatten",
-        "Squeeze", "Unsqueeze"}
+        "Squeeze", "Unsqueeze", "Normalizer"}
 #: Ops between the logits and the probabilities that change no value (a float→float Cast).
 COPIES = {"Identity", "Cast"}
 FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
@@ -42,10 +47,17 @@ class Head:
     """What :func:`find_head` found: the logits tensor and the nodes after it.
 
     ``kind``: ``softmax``, ``log_softmax``, ``sigmoid`` (two classes from one logit column
-    ``z``: the probabilities are ``[1 − σ(z), σ(z)]``), or ``none`` (a tensor the user chose
-    by name). ``nodes`` are the nodes left out (name, or op type where unnamed); ``outputs``
-    the model outputs they compute; ``classes`` the class labels a label output maps class
-    indices to, where the head says (skl2onnx does).
+    ``z``: the probabilities are ``[1 − σ(z), σ(z)]``, or the decision scores ``[−z, z]`` or
+    ``z`` of a two-class linear model, whose ``z`` is trained as that logit), ``scores`` (the
+    outputs are decision scores with labels by ArgMax, no probabilities: the scores are trained
+    as softmax logits), or ``none`` (a tensor the user chose by name). ``nodes`` are the nodes
+    left out (name, or op type where unnamed); ``outputs`` the model outputs they compute;
+    ``classes`` the class labels a label output maps class indices to, where the head says
+    (skl2onnx does).
+
+    A ``LinearClassifier`` (``ai.onnx.ml``) is both the last Linear layer and the head: its
+    logits are its scores before ``post_transform``, a tensor the file does not have, named
+    ``<node>.logits``; its post-transform and labels are the head.
     """
 
     logits: str
@@ -74,6 +86,14 @@ class _Model:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
                 self.consts[n.output[0]] = n.attribute[0].t
         self.outputs = [o.name for o in g.output]
+        #: id of each LinearClassifier → the name of its scores before post_transform
+        self.scores: dict[int, str] = {}
+        taken = set(self.producer) | set(self.consts) | {i.name for i in g.input}
+        for n in self.nodes:
+            if n.op_type == "LinearClassifier" and n.domain == ML and len(n.output) == 2:
+                self.scores[id(n)] = name = logits_name(n, taken)
+                taken.add(name)
+                self.producer[name] = n
 
     def op(self, name: str) -> onnx.NodeProto | None:
         n = self.producer.get(name)
@@ -86,13 +106,19 @@ class _Model:
 
     def back(self, name: str, ops: set[str], floats_only: bool = False) -> str:
         """Walk up from ``name`` through nodes of ``ops`` (``floats_only``: Casts to float)."""
+        for n in self.walk(name, ops, floats_only):
+            name = self.data_input(n)
+        return name
+
+    def walk(self, name: str, ops: set[str], floats_only: bool = False):
+        """The nodes :meth:`back` passes, from ``name`` up."""
         while (n := self.op(name)) is not None and n.op_type in ops \
                 and not (floats_only and _casts_to_int(n)):
             nxt = self.data_input(n)
             if nxt is None:
                 break
+            yield n
             name = nxt
-        return name
 
     def ancestors(self, name: str) -> set[int]:
         """ids of the nodes that ``name`` is computed from."""
@@ -117,26 +143,43 @@ def _last_axis(node: onnx.NodeProto) -> bool:
 
 
 def _probabilities(m: _Model, name: str) -> tuple[str, str] | None:
-    """``(logits, kind)`` if ``name`` is computed as class probabilities from logits."""
+    """``(logits, kind)`` if ``name`` is computed as class probabilities (or two-class
+    decision scores) from logits."""
     n = m.op(name)
     if n is None:
         return None
     if n.op_type in PROBABILITIES and _last_axis(n):
         return m.back(n.input[0], COPIES, floats_only=True), PROBABILITIES[n.op_type]
+    if id(n) in m.scores:   # a LinearClassifier's label or probabilities
+        form = classifier_form(n)
+        return m.scores[id(n)], "scores" if form.error else form.kind
     if n.op_type == "Concat" and len(n.input) == 2 and _last_axis(n):
         neg, pos = (m.back(i, {"Identity"}) for i in n.input)   # [1 − σ(z), σ(z)]
         sig, sub = m.op(pos), m.op(neg)
         if sig is not None and sig.op_type == "Sigmoid" and sub is not None \
                 and sub.op_type == "Sub" and m.back(sub.input[1], {"Identity"}) == pos \
-                and _is_one(m, sub.input[0]):
+                and _is_scalar(m, sub.input[0], 1.0):
             return m.back(sig.input[0], COPIES, floats_only=True), "sigmoid"
+        if sub is not None and _negates(m, sub, pos):   # [−z, z]: two-class decision scores
+            return m.back(pos, COPIES, floats_only=True), "sigmoid"
     return None
 
 
-def _is_one(m: _Model, name: str) -> bool:
+def _negates(m: _Model, n: onnx.NodeProto, z: str) -> bool:
+    """``n`` computes ``−z``: ``Neg(z)``, or ``Mul`` of ``z`` by the constant −1."""
+    if n.op_type == "Neg":
+        return m.back(n.input[0], {"Identity"}) == z
+    if n.op_type == "Mul" and len(n.input) == 2:
+        a, b = n.input
+        return any(_is_scalar(m, c, -1.0) and m.back(v, {"Identity"}) == z
+                   for c, v in ((a, b), (b, a)))
+    return False
+
+
+def _is_scalar(m: _Model, name: str, value: float) -> bool:
     t = m.consts.get(name)
     return t is not None and numpy_helper.to_array(t).size == 1 \
-        and float(numpy_helper.to_array(t).reshape(-1)[0]) == 1.0
+        and float(numpy_helper.to_array(t).reshape(-1)[0]) == value
 
 
 def _classes(m: _Model, keep: set[int]) -> list[int] | None:
@@ -178,6 +221,8 @@ def _auto(m: _Model) -> Head | None:
     for out in m.outputs:
         end = m.back(out, TAIL)
         probs = _probabilities(m, end)
+        if probs is None and any(_labels(n) for n in m.walk(out, TAIL)):
+            probs = end, "scores"   # labels by ArgMax of decision scores, no probabilities
         found.add(probs if probs is not None else (end, None))
     heads = {f for f in found if f[1] is not None}
     if len(heads) != 1:
@@ -190,10 +235,21 @@ def _auto(m: _Model) -> Head | None:
     return _head(m, logits, kind)
 
 
+def _labels(n: onnx.NodeProto) -> bool:
+    """An ArgMax over the classes (the last axis of 2-D scores) making labels."""
+    axis = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "axis"), 0)
+    return n.op_type == "ArgMax" and axis in (-1, 1)
+
+
 def _head(m: _Model, logits: str, kind: str) -> Head:
     keep = m.ancestors(logits)
     nodes = [n.name or n.op_type for n in m.nodes if id(n) not in keep]
     outputs = [o for o in m.outputs if o != logits]
+    lc = m.producer.get(logits)
+    if lc is not None and m.scores.get(id(lc)) == logits:   # a LinearClassifier's scores
+        nodes.insert(0, f"{lc.name or lc.op_type} (its post_transform and labels)")
+        ints = next((a.ints for a in lc.attribute if a.name == "classlabels_ints"), None)
+        return Head(logits, kind, nodes, outputs, [int(c) for c in ints] if ints else None)
     return Head(logits, kind, nodes, outputs, _classes(m, keep))
 
 
@@ -210,7 +266,11 @@ def cut(proto: onnx.ModelProto, head: Head) -> onnx.ModelProto:
         if v.name == head.logits:
             vi.CopyFrom(v)
     del g.node[:]
-    g.node.extend(n for n in m.nodes if id(n) in keep)
+    for n in m.nodes:
+        if id(n) in keep:
+            g.node.append(n)
+            if m.scores.get(id(n)) == head.logits:   # the scores, not the probabilities
+                g.node[-1].output[1] = head.logits
     del g.output[:]
     g.output.append(vi)
     return out

@@ -7,6 +7,13 @@ torch's ``onnx::MatMul_8`` becomes ``fc1.weight``; a ``[1, C_out]`` bias becomes
 ``{"source": <the file's tensor>, "transform": "identity" | "transpose" | "reshape"}`` in the
 graph's metadata ``lincompile.params``; a training graph keeps it for its trainable inputs.
 
+scikit-learn's linear models (``ai.onnx.ml`` ``LinearRegressor``, ``LinearClassifier``) hold
+their parameters in node attributes: ``{"source": <node>, "attribute": "coefficients" |
+"intercepts", "transform": T}``, the node named by its name (by its first output where the
+model has no name of its own for it), the attribute a flat list of float32. ``T`` is
+``identity``, ``reshape`` (the list is ``P`` row by row), or ``pair`` (the list is ``[−P; P]``
+row by row: skl2onnx's two-class form, trained as the one row ``P``).
+
 :func:`write_trained` applies the inverse: trained values in the training graph's layout go
 back into a copy of the source model, under the file's own names, shapes and dtypes.
 """
@@ -27,6 +34,8 @@ from ..ir import Graph
 from ..training import STATE_SUFFIXES
 
 TRANSFORMS = ("identity", "transpose", "reshape")
+#: The transforms of a parameter held in a node attribute (a flat list of floats).
+ATTRIBUTE_TRANSFORMS = ("identity", "reshape", "pair")
 
 
 def layout_of(graph: Graph) -> dict[str, dict[str, str]]:
@@ -36,6 +45,21 @@ def layout_of(graph: Graph) -> dict[str, dict[str, str]]:
         return json.loads(graph.meta["lincompile.params"])
     return {p.value.name: {"source": p.value.name, "transform": "identity"}
             for p in graph.params.values() if p.trainable and not p.const}
+
+
+def describe(spec: dict) -> str:
+    """A layout-map entry for people: where in the file the parameter is, and how stored.
+
+    >>> describe({"source": "onnx::MatMul_8", "transform": "transpose"})
+    'onnx::MatMul_8, transposed'
+    >>> describe({"source": "LinearClassifier", "attribute": "coefficients", "transform": "pair"})
+    'LinearClassifier.coefficients, as [-P; P]'
+    """
+    src = spec["source"] + (f".{spec['attribute']}" if "attribute" in spec else "")
+    t = spec["transform"]
+    how = {"identity": "", "transpose": "transposed", "reshape": "reshaped",
+           "pair": "as [-P; P]"}.get(t, t)
+    return f"{src}, {how}" if how else src
 
 
 def start_state(train: Graph) -> dict[str, np.ndarray]:
@@ -89,6 +113,42 @@ def _inverse(name: str, spec: dict, value: np.ndarray, like: np.ndarray) -> np.n
     return np.ascontiguousarray(out, dtype=like.dtype)
 
 
+def _inverse_attribute(name: str, spec: dict, value: np.ndarray,
+                       like: np.ndarray) -> np.ndarray:
+    """``value`` (lincompile's layout) as the flat float32 list of the attribute ``like``."""
+    t = spec["transform"]
+    if t not in ATTRIBUTE_TRANSFORMS:
+        raise LincompileError(f"parameter '{name}': unknown transform '{t}' for attribute "
+                              f"'{spec['attribute']}' in lincompile.params (known: "
+                              f"{', '.join(ATTRIBUTE_TRANSFORMS)})")
+    out = np.concatenate([-value, value]) if t == "pair" else value
+    if out.size != like.size or (t == "identity" and value.ndim != 1):
+        raise ShapeError(f"parameter '{name}' {list(value.shape)} does not fit attribute "
+                         f"'{spec['attribute']}' of node '{spec['source']}' ({like.size} "
+                         f"values; {t})")
+    return np.ascontiguousarray(out, dtype=np.float32).reshape(-1)
+
+
+def _attribute(model: onnx.ModelProto, name: str, spec: dict) -> onnx.AttributeProto:
+    """The attribute ``spec`` names: of the one node called ``spec["source"]``, else of the
+    node whose first output that is."""
+    src, attr = spec["source"], spec["attribute"]
+    nodes = [n for n in model.graph.node if n.name == src] or \
+        [n for n in model.graph.node if n.output[:1] == [src]]
+    where = f"parameter '{name}' (attribute '{attr}' of node '{src}')"
+    if len(nodes) != 1:
+        raise LincompileError(f"{where}: the model has {len(nodes)} nodes of that name; "
+                              "cannot write it back")
+    found = [a for a in nodes[0].attribute if a.name == attr]
+    if not found:
+        raise LincompileError(f"{where}: node '{src}' ({nodes[0].op_type}) has no such "
+                              "attribute; cannot write it back")
+    if found[0].type != onnx.AttributeProto.FLOATS:
+        raise LincompileError(f"{where}: not a list of floats; only such attributes can be "
+                              "written back")
+    return found[0]
+
+
 def write_trained(model_path: str | os.PathLike, values: dict[str, np.ndarray],
                   out_path: str | os.PathLike,
                   params: Graph | dict | str | None = None) -> Path:
@@ -96,7 +156,8 @@ def write_trained(model_path: str | os.PathLike, values: dict[str, np.ndarray],
     the step's ``P.next`` outputs; optimizer state is ignored) into a copy of the model file.
 
     The copy keeps every initializer's name, shape and dtype and every node (a classifier
-    head left out of training included): only the trained tensors change. ``params`` is the
+    head left out of training included): only the trained tensors change (and the trained
+    attributes of scikit-learn's ``LinearRegressor``/``LinearClassifier`` nodes). ``params`` is the
     layout map (a training graph, its ``lincompile.params`` JSON, or the dict); by default
     the map of ``load_onnx(model_path)``. ``out_path`` must not be ``model_path``.
     """
@@ -113,7 +174,12 @@ def write_trained(model_path: str | os.PathLike, values: dict[str, np.ndarray],
     consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     for name, spec in layout.items():
         src = spec["source"]
-        if src in inits:
+        if "attribute" in spec:
+            a = _attribute(model, name, spec)
+            flat = _inverse_attribute(name, spec, trained[name], np.array(a.floats, np.float32))
+            del a.floats[:]
+            a.floats.extend(flat.tolist())   # float32 values: stored exactly
+        elif src in inits:
             t = inits[src]
             t.CopyFrom(numpy_helper.from_array(
                 _inverse(name, spec, trained[name], numpy_helper.to_array(t)), src))

@@ -1,8 +1,10 @@
 """ONNX → lincompile IR: ``load_onnx(path | bytes | ModelProto) -> Graph``.
 
-Reads models from ``torch.onnx.export`` (TorchScript and dynamo exporters) and every file
-lincompile itself writes (model and training graphs, with their ``lincompile.*`` local
-functions and metadata). The per-op import table is in :mod:`.onnx_ops`; activations
+Reads models from ``torch.onnx.export`` (TorchScript and dynamo exporters), Keras, skl2onnx
+(scikit-learn's MLPs, ``StandardScaler`` and linear models: the ``ai.onnx.ml`` ops of
+:mod:`.onnx_ml`) and every file lincompile itself writes (model and training graphs, with
+their ``lincompile.*`` local functions and metadata). The per-op import table is in
+:mod:`.onnx_ops`; activations
 that older exporters write as several nodes (GELU, SiLU) are recognised first, by
 :mod:`.onnx_patterns`.
 
@@ -34,10 +36,10 @@ graph m(x: float32[N, 4]) -> (y: float32[N, 3])
 
 **The layout map.** Where a trainable parameter is stored differently from the file (a
 transposed or renamed weight, a reshaped bias), the graph's metadata ``lincompile.params``
-maps it to its source tensor and transform (:mod:`.layout`); ``write_trained`` uses it to write
-trained values back. **Classifier heads**: a model whose outputs come from Softmax,
-LogSoftmax or skl2onnx's head is imported up to the logits (:mod:`.heads`), the head
-described in ``lincompile.head``.
+maps it to its source tensor (or node attribute) and transform (:mod:`.layout`);
+``write_trained`` uses it to write trained values back. **Classifier heads**: a model whose
+outputs come from Softmax, LogSoftmax, skl2onnx's head or a ``LinearClassifier`` is imported
+up to the logits (:mod:`.heads`), the head described in ``lincompile.head``.
 
 A weight is only transposed, reshaped or renamed when this node is its only user, and never
 in lincompile's own files (there a Gemm without transB is a ``matmul``). Two things a saved
@@ -59,7 +61,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import LincompileError, ModelLoadError, ShapeError, UnsupportedOpError
 from ..ir import Graph, Value
-from .heads import cut, find_head
+from .heads import Head, cut, find_head
 
 DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64",
           onnx.TensorProto.INT64: "int64"}
@@ -83,7 +85,7 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: str | N
         raise LincompileError("logits: this is a training graph; choose the logits when "
                               "making it from the model")
     head = None if training else find_head(proto, logits)
-    imp = Importer(cut(proto, head) if head is not None else proto, batch)
+    imp = Importer(cut(proto, head) if head is not None else proto, batch, head)
     fused = find_patterns(imp)   # multi-node GELU/SiLU: their inner nodes are marked done
     for node in imp.nodes:
         if id(node) not in imp.done:
@@ -146,8 +148,12 @@ class Const:
 class Importer:
     """The state of one import: the IR graph being built and the ONNX constants."""
 
-    def __init__(self, proto: onnx.ModelProto, batch: str | None = None):
+    def __init__(self, proto: onnx.ModelProto, batch: str | None = None,
+                 head: Head | None = None):
         self.proto = proto
+        #: the classifier head cut off after the logits (a LinearClassifier's logits are
+        #: its scores before post_transform: the cut model names them ``head.logits``)
+        self.head = head
         gp = proto.graph
         #: The nodes, held once: ``done`` keeps ids, and protobuf makes new wrappers per access.
         self.nodes = list(gp.node)
@@ -245,6 +251,15 @@ class Importer:
         self.layout[name] = {"source": source or name, "transform": transform}
         return self.param(name, self.consts[name].data if data is None else data)
 
+    def attribute_param(self, base: str, data: np.ndarray, node: str, attribute: str,
+                        transform: str) -> Value:
+        """A trainable linear weight or bias that a node holds in an attribute (``ai.onnx.ml``
+        ops): a new parameter named after ``base``, ``data`` in lincompile's layout, made from
+        attribute ``attribute`` of node ``node`` by ``transform`` (:mod:`.layout`)."""
+        name = self.tmp(base)
+        self.layout[name] = {"source": node, "attribute": attribute, "transform": transform}
+        return self.param(name, data)
+
     def layout_map(self) -> dict[str, dict[str, str]]:
         """For each trainable parameter: its source tensor and transform (see linear_param)."""
         return {k: self.layout.get(k, {"source": k, "transform": "identity"})
@@ -297,7 +312,8 @@ class Importer:
                 self.g.rename(v, name)
 
     def unsupported(self, why: str = "") -> UnsupportedOpError:
-        from .onnx_ops import SUPPORTED
+        """One line: the node, its op and opset, ``why``, and the ONNX ops lincompile reads."""
+        from .onnx_ops import supported_text
 
         n = self.node
         domain = n.domain or "ai.onnx"
@@ -305,7 +321,7 @@ class Importer:
         return UnsupportedOpError(
             f"ONNX op '{op}' (node '{n.name or '<unnamed>'}', opset "
             f"{self.opsets.get(domain, '?')}) is not supported{': ' + why if why else ''}; "
-            f"lincompile imports: {', '.join(SUPPORTED)}")
+            f"lincompile imports {supported_text()}")
 
     def finish(self) -> None:
         for vi in self.proto.graph.output:

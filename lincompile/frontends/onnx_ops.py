@@ -2,8 +2,9 @@
 
 Each function reads one ONNX node through the :class:`~.onnx_import.Importer` and emits
 IR nodes; ``None`` means the node was folded (a constant) or bound by the function itself
-(a fused ``MatMul`` + ``Add``). Everything not listed in :data:`SUPPORTED` raises
-:class:`UnsupportedOpError`.
+(a fused ``MatMul`` + ``Add``). scikit-learn's ``ai.onnx.ml`` ops are in :mod:`.onnx_ml`.
+Everything not listed in :data:`SUPPORTED` (nor a call of lincompile's own functions)
+raises :class:`UnsupportedOpError`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from ..ir import Value
 from ..ops import OPS, get_op
 from ..ops.preview import DOMAIN as PREVIEW
 from .onnx_import import DTYPES, Const, Importer
+from .onnx_ml import DOMAIN as ML
+from .onnx_ml import IMPORTERS as ML_IMPORTERS
 
 #: What an import function returns: the node's output value(s), or None (see above).
 Result = Value | tuple[Value, ...] | None
@@ -457,9 +460,15 @@ IMPORTERS.update({
     "LeakyRelu": leaky_relu, "LogSoftmax": _softmax("log_softmax"),
     "Softmax": _softmax("softmax"), "Swish": swish,
 })
-#: What the importer reads, for error messages and docs.
-SUPPORTED = sorted([*IMPORTERS, "Constant"]) + [f"{PREVIEW}.{op}" for op in PREVIEW_IMPORTERS] \
-    + [f"{DOMAIN}.{f}" for f in FUNCTIONS]
+#: The ONNX ops a user's model may contain, by domain (lincompile's own files also call its
+#: model-local ``lincompile.*`` functions, which are not listed: no other producer writes them).
+SUPPORTED = {"": sorted([*IMPORTERS, "Constant"]), ML: sorted(ML_IMPORTERS),
+             PREVIEW: sorted(PREVIEW_IMPORTERS)}
+
+
+def supported_text() -> str:
+    """The ops of :data:`SUPPORTED` on one line, for error messages."""
+    return "; ".join(f"{d}: " * bool(d) + ", ".join(ops) for d, ops in SUPPORTED.items())
 
 
 # ------------------------------------------------------------------ portable files
@@ -551,6 +560,8 @@ def import_node(imp: Importer, node: onnx.NodeProto) -> Result:
         return fused(imp, record)
     if node.domain in ("", "ai.onnx") and node.op_type in IMPORTERS:
         return IMPORTERS[node.op_type](imp, node)
+    if node.domain == ML and node.op_type in ML_IMPORTERS:
+        return ML_IMPORTERS[node.op_type](imp, node)
     if node.domain == PREVIEW and node.op_type in PREVIEW_IMPORTERS:
         return PREVIEW_IMPORTERS[node.op_type](imp, node)
     if node.domain == DOMAIN and node.op_type in FUNCTIONS \
