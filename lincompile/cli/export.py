@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..frontends.layout import describe
 from .args import model_flags, optimizer_from, training_args
 from .base import OK, UsageError, command, dims, load, refuse_overwrite, roles
 
@@ -72,10 +73,9 @@ def export_training(a) -> int:
         print("  frozen:  " + ", ".join(v.name for v in frozen))
     if "lincompile.logits" in first.meta:
         print(f"  logits:  {first.meta['lincompile.logits']}")
-    moved = [f"{k} (from {m['source']}, {m['transform']}d)" if m["transform"] != "identity"
-             else f"{k} (from {m['source']})" for k, m in
+    moved = [f"{k} (from {describe(m)})" for k, m in
              json.loads(first.meta["lincompile.params"]).items()
-             if m["transform"] != "identity" or m["source"] != k]
+             if m["transform"] != "identity" or m["source"] != k or "attribute" in m]
     if moved:
         print("  layout:  " + ", ".join(moved))
     feeds = start_state(last)

@@ -8,6 +8,7 @@ import json
 import math
 from collections import Counter
 
+from ..frontends.layout import describe
 from .args import model_flags
 from .base import OK, command, dims, load, roles
 
@@ -96,7 +97,6 @@ def _print_head(graph) -> None:
 def _source(graph, name: str) -> str:
     """Where a trainable parameter comes from in the model file, where not the same name."""
     m = json.loads(graph.meta.get("lincompile.params", "{}")).get(name)
-    if not m or (m["source"] == name and m["transform"] == "identity"):
+    if not m or (m["source"] == name and m["transform"] == "identity" and "attribute" not in m):
         return ""
-    return f"  (file: {m['source']}" + (f", {m['transform']}d)" if m["transform"] != "identity"
-                                         else ")")
+    return f"  (file: {describe(m)})"
