@@ -340,6 +340,18 @@ def test_pair_form_writes_back_both_rows(tmp_path):
     assert np.array_equal(at["intercepts"], np.concatenate([-(b - 3), b - 3]))
 
 
+def test_info_and_export_say_where_attribute_parameters_live(tmp_path, capsys):
+    """`info` and `export-training` name the node attribute and its form for each parameter."""
+    _, path, _ = sk_file("logreg2", tmp_path)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(file: LinearClassifier.coefficients, as [-P; P])" in out
+    assert main(["export-training", str(path), "-o", str(tmp_path / "t.onnx"), "--loss",
+                 "cross-entropy", "--optimizer", "sgd", "--lr", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "LinearClassifier.bias (from LinearClassifier.intercepts, as [-P; P])" in out
+
+
 # ---------------------------------------------------------------------------- errors
 def _with_attr(path, op: str, **attrs):
     m = onnx.load(path)
