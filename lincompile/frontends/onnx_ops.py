@@ -302,6 +302,73 @@ def dropout(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("identity", [imp.value(node.input[0])])
 
 
+# ------------------------------------------------------------------ more activations
+def _snap(value: float, exact: float) -> float:
+    """A float32 attribute that rounds ``exact`` (torch's double constant) stands for it."""
+    return exact if np.float32(value) == np.float32(exact) else _float(value)
+
+
+def _alpha_op(op: str, default: float = 1.0):
+    """Elu, Celu: one ``alpha`` attribute."""
+    return lambda imp, node: imp.emit(op, [imp.value(node.input[0])],
+                                      alpha=_float(_attrs(node).get("alpha", default)))
+
+
+def selu(imp: Importer, node: onnx.NodeProto) -> Result:
+    """torch's SELU (ONNX's default alpha and gamma are its constants in float32)."""
+    from ..ops.activations_exp import SELU_ALPHA, SELU_SCALE
+
+    at = _attrs(node)
+    alpha, gamma = at.get("alpha", SELU_ALPHA), at.get("gamma", SELU_SCALE)
+    if _snap(alpha, SELU_ALPHA) != SELU_ALPHA or _snap(gamma, SELU_SCALE) != SELU_SCALE:
+        raise imp.unsupported(f"alpha={_float(alpha)}, gamma={_float(gamma)} (only the "
+                              "defaults, torch.nn.SELU's constants)")
+    return imp.emit("selu", [imp.value(node.input[0])])
+
+
+def softplus(imp: Importer, node: onnx.NodeProto) -> Result:
+    """ONNX's Softplus, log(1 + e^x) for every x: beta 1 and no threshold (torch's
+    exports with a beta or threshold are node patterns, see onnx_patterns)."""
+    return imp.emit("softplus", [imp.value(node.input[0])], beta=1.0, threshold=float("inf"))
+
+
+def clip(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Clip (torch's Hardtanh, ReLU6, clamp): constant bounds, attributes before opset 11;
+    a missing bound is the dtype's lowest or highest value, as ONNX says."""
+    x = imp.value(node.input[0])
+    at, bounds, info = _attrs(node), [], np.finfo(x.dtype)
+    for k, (name, inf) in enumerate((("min", float(info.min)), ("max", float(info.max)))):
+        value = at.get(name, inf)
+        if len(node.input) > k + 1 and node.input[k + 1]:
+            c = imp.const(node.input[k + 1])
+            if c is None or c.data.size != 1:
+                raise imp.unsupported(f"its {name} must be a constant scalar")
+            value = c.data.reshape(-1)[0]
+        bounds.append(float(value) if np.isinf(value) or value == inf else _float(value))
+    return imp.emit("hardtanh", [x], min_val=bounds[0], max_val=bounds[1])
+
+
+def hard_sigmoid(imp: Importer, node: onnx.NodeProto) -> Result:
+    """max(0, min(1, alpha·x + beta)); torch's alpha, float32(1/6), stands for 1/6."""
+    at = _attrs(node)
+    return imp.emit("hardsigmoid", [imp.value(node.input[0])],
+                    alpha=_snap(at.get("alpha", 0.2), 1 / 6), beta=_float(at.get("beta", 0.5)))
+
+
+def prelu(imp: Importer, node: onnx.NodeProto) -> Result:
+    """PRelu: an initializer slope is a trainable parameter (torch.nn.PReLU's weight)."""
+    s = node.input[1]
+    slope = imp.linear_param(s) if imp.is_input(s) and s in imp.consts else imp.value(s)
+    return imp.emit("prelu", [imp.value(node.input[0]), slope])
+
+
+ACTIVATIONS = {
+    "Celu": _alpha_op("celu"), "Clip": clip, "Elu": _alpha_op("elu"), "Exp": _unary("exp"),
+    "HardSigmoid": hard_sigmoid, "HardSwish": _unary("hardswish"), "Mish": _unary("mish"),
+    "PRelu": prelu, "Selu": selu, "Softplus": softplus, "Softsign": _unary("softsign"),
+}
+
+
 # ------------------------------------------------------------------ lincompile functions
 #: lincompile's model-local functions (``backends/onnx_builder``) → their IR op, as each
 #: op declares them (``OpDef.onnx_functions``).
@@ -457,6 +524,7 @@ IMPORTERS.update({
     "LeakyRelu": leaky_relu, "LogSoftmax": _softmax("log_softmax"),
     "Softmax": _softmax("softmax"), "Swish": swish,
 })
+IMPORTERS.update(ACTIVATIONS)
 #: What the importer reads, for error messages and docs.
 SUPPORTED = sorted([*IMPORTERS, "Constant"]) + [f"{PREVIEW}.{op}" for op in PREVIEW_IMPORTERS] \
     + [f"{DOMAIN}.{f}" for f in FUNCTIONS]

@@ -5,8 +5,10 @@ The gradients are torch's: ``hardtanh_backward`` passes dy only strictly inside
 (min_val, max_val) (so a NaN x gets 0, as torch's vectorized loop gives; its scalar tail
 gives dy), ``hardsigmoid_backward`` likewise inside (−3, 3), ``hardswish_backward`` is 0 at
 x ≤ −3 and dy at x ≥ 3, and PReLU's slope gradient is ``x > 0 ? 0 : x · dy`` summed over
-every axis the slope is broadcast along. ``torch.clamp``, which exports to the same Clip,
-passes dy at x = min and x = max too; lincompile imports Clip as hardtanh.
+every axis the slope is broadcast along. torch's Hardsigmoid gradient takes its 1/6 as a
+float32 even in float64, and so does lincompile's (for any alpha). ``torch.clamp``, which
+exports to the same Clip, passes dy at x = min and x = max too; lincompile imports Clip as
+hardtanh.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ hardtanh = register(OpDef(
     onnx=lambda b, ins, outs, **a: b.call("Hardtanh", ins, outs, _hardtanh_body, **a),
     onnx_functions=("Hardtanh",), attrs=dict(HARDTANH), kernel="pointwise",
     doc="x clamped to [min_val, max_val], NaN kept (torch.nn.Hardtanh; ReLU6 is (0, 6); "
-        "ONNX Clip, ±inf for a missing bound)",
+        "ONNX Clip)",
 ))
 
 
@@ -98,8 +100,10 @@ hardsigmoid_grad = register(OpDef(
 
 hardsigmoid = register(OpDef(
     "hardsigmoid", ("x",), unary_infer, _hardsigmoid_ref,
+    # torch's hardsigmoid_backward takes 1/6 as a float (1.0f / 6.0f) in float64 too: the
+    # gradient takes alpha rounded to float32 likewise
     grad=(lambda g, dy, x, *, alpha, beta, **_: g.apply(
-        "hardsigmoid_grad", [dy, x], alpha=alpha, beta=beta),),
+        "hardsigmoid_grad", [dy, x], alpha=float(np.float32(alpha)), beta=beta),),
     onnx=lambda b, ins, outs, alpha, beta: b.node("HardSigmoid", ins, outs, alpha=float(alpha),
                                                   beta=float(beta)),
     attrs=dict(HARDSIGMOID), kernel="pointwise",
