@@ -446,3 +446,63 @@ def test_keras_dense_activations_import_and_match_keras(tmp_path, capfd):
         got = lc.compile(g, t).run({g.inputs[0].name: x})
         np.testing.assert_allclose(next(iter(got.values())), want, rtol=1e-5, atol=1e-6,
                                    err_msg=t)
+
+
+# ------------------------------------------------------------------ ONNX's node tests
+#: ONNX's own node test cases of these ops (an outside oracle), each in scope or out.
+FAMILY = r"^test_(elu|selu|celu|softplus|clip|hardsigmoid|hardswish|mish|softsign|prelu|exp)(_|$)"
+IN_SCOPE = (
+    "test_celu", "test_elu", "test_elu_default", "test_elu_example", "test_exp",
+    "test_exp_example", "test_hardsigmoid", "test_hardsigmoid_default",
+    "test_hardsigmoid_example", "test_hardswish", "test_hardswish_expanded", "test_mish",
+    "test_mish_expanded", "test_prelu_broadcast", "test_prelu_example", "test_selu_default",
+    "test_softplus", "test_softplus_example", "test_softsign", "test_softsign_example",
+    "test_clip_default_inbounds", "test_clip_default_inbounds_expanded",
+)
+_CLIP = ("", "_example", "_inbounds", "_outbounds", "_splitbounds", "_min_greater_than_max",
+         "_default_min", "_default_max")
+
+
+def _out_of_scope(names) -> dict[str, str]:
+    """Why each case outside IN_SCOPE is: by its name."""
+    why = {}
+    for n in names:
+        if n in IN_SCOPE:
+            continue
+        if "float16" in n or "int8" in n:
+            why[n] = "a dtype other than float32/float64"
+        elif n.removeprefix("test_clip").removesuffix("_expanded") in _CLIP:
+            why[n] = "Clip bounds fed at run time (lincompile takes constant bounds)"
+        elif n in ("test_selu", "test_selu_example"):
+            why[n] = "Selu with alpha and gamma other than torch's"
+        else:
+            why[n] = "function expansion into ops outside lincompile's vocabulary (CastLike...)"
+    return why
+
+
+@functools.cache
+def node_cases() -> dict:
+    import re
+    import warnings
+
+    from onnx.backend.test.loader import load_model_tests
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {c.name: c for c in load_model_tests(kind="node") if re.match(FAMILY, c.name)}
+
+
+@pytest.mark.parametrize("name", IN_SCOPE)
+def test_onnx_node_case(name, target):
+    from test_onnx_conformance import run_case
+
+    run_case(node_cases()[name], target)
+
+
+def test_onnx_node_cases_out_of_scope_are_rejected_clearly():
+    why = _out_of_scope(node_cases())
+    assert set(IN_SCOPE) <= set(node_cases()) and len(why) == len(node_cases()) - len(IN_SCOPE)
+    for name in sorted(why):
+        with pytest.raises(lc.LincompileError) as e:
+            lc.load_onnx(node_cases()[name].model)
+        assert "\n" not in str(e.value), name
