@@ -366,7 +366,8 @@ def test_torch_exports_import_and_match_torch(exporter, tmp_path_factory):
     thr = INF if exporter == "torchscript" else 20.0   # TorchScript drops the threshold
     assert sp == [{"beta": 2.0, "threshold": thr}, {"beta": 1.0, "threshold": thr}]
     slopes = [n.inputs[1] for n in g.nodes if n.op == "prelu"]
-    assert all(s.name in g.params and g.params[s.name].trainable for s in slopes)
+    assert [(s.name, s.shape) for s in slopes] == [("25.weight", (8,)), ("27.weight", (1,))]
+    assert all(g.params[s.name].trainable for s in slopes)
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1)) * 2   # dynamo: batch 5
     with torch.no_grad():
         want = stack(torch)(x).numpy()
@@ -376,6 +377,15 @@ def test_torch_exports_import_and_match_torch(exporter, tmp_path_factory):
     for t in TARGETS if exporter == "torchscript" else ("reference", "onnx"):
         got = lc.compile(g, t).run(feeds)["y"]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=t)
+    # trained slopes go back into the file's own tensors (dynamo: val_* [1, C])
+    out = tmp_path_factory.mktemp("back") / "trained.onnx"
+    values = {v.name: g.params[v.name].data for v in g.trainable()}
+    lc.write_trained(path, {**values, "25.weight": np.full(8, 0.5, np.float32),
+                            "27.weight": np.full(1, 0.125, np.float32)}, out)
+    back = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+    prelus = [n for n in onnx.load(out).graph.node if n.op_type == "PRelu"]
+    np.testing.assert_array_equal(back[prelus[0].input[1]].reshape(-1), np.full(8, 0.5))
+    np.testing.assert_array_equal(back[prelus[1].input[1]].reshape(-1), [0.125])
 
 
 def test_stack_trains_like_torch_on_every_target(tmp_path_factory):

@@ -356,9 +356,25 @@ def hard_sigmoid(imp: Importer, node: onnx.NodeProto) -> Result:
 
 
 def prelu(imp: Importer, node: onnx.NodeProto) -> Result:
-    """PRelu: an initializer slope is a trainable parameter (torch.nn.PReLU's weight)."""
-    s = node.input[1]
-    slope = imp.linear_param(s) if imp.is_input(s) and s in imp.consts else imp.value(s)
+    """PRelu: an initializer slope is a trainable parameter (torch.nn.PReLU's weight). The
+    dynamo exporter's ``val_1`` [1, C] becomes torch's ``<module>.weight`` [C] again."""
+    import ast
+
+    s, c = node.input[1], imp.const(node.input[1])
+    if c is None or not imp.is_input(s):
+        return imp.emit("prelu", [imp.value(node.input[0]), imp.value(s)])
+    scopes = next((m.value for m in node.metadata_props
+                   if m.key == "pkg.torch.onnx.name_scopes"), "")
+    try:
+        module = ".".join(ast.literal_eval(scopes)[1:-1]) if scopes else ""
+    except (ValueError, SyntaxError, TypeError):
+        module = ""
+    name = f"{module}.weight"
+    if (module and c.data.ndim > 1 and set(c.data.shape[:-1]) == {1} and imp.fresh_use(s)
+            and name not in imp.reserved | set(imp.g.values)):
+        slope = imp.linear_param(name, c.data.reshape(-1), source=s, transform="reshape")
+    else:
+        slope = imp.linear_param(s)
     return imp.emit("prelu", [imp.value(node.input[0]), slope])
 
 
