@@ -270,6 +270,13 @@ def test_clip_with_a_computed_bound_is_refused():
     assert "'clip'" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_clip_of_int64_is_refused():
+    m = model([helper.make_node("Clip", ["x"], ["y"], name="clip")],
+              [("x", ["N", 3], TensorProto.INT64)], [("y", ["N", 3], TensorProto.INT64)])
+    with pytest.raises(lc.UnsupportedOpError, match="only float tensors"):
+        lc.load_onnx(m)
+
+
 def test_selu_takes_torch_constants_and_refuses_others():
     (n,) = _load([helper.make_node("Selu", ["x"], ["y"])]).nodes
     assert (n.op, n.attrs) == ("selu", {})

@@ -336,15 +336,18 @@ def clip(imp: Importer, node: onnx.NodeProto) -> Result:
     """Clip (torch's Hardtanh, ReLU6, clamp): constant bounds, attributes before opset 11;
     a missing bound is the dtype's lowest or highest value, as ONNX says."""
     x = imp.value(node.input[0])
+    if x.dtype not in ("float32", "float64"):
+        raise imp.unsupported(f"'{x.name}' is {x.dtype}; only float tensors are clipped")
     at, bounds, info = _attrs(node), [], np.finfo(x.dtype)
-    for k, (name, inf) in enumerate((("min", float(info.min)), ("max", float(info.max)))):
-        value = at.get(name, inf)
+    for k, (name, extreme) in enumerate((("min", info.min), ("max", info.max))):
+        value = _float(at[name]) if name in at else float(extreme)
         if len(node.input) > k + 1 and node.input[k + 1]:
             c = imp.const(node.input[k + 1])
             if c is None or c.data.size != 1:
                 raise imp.unsupported(f"its {name} must be a constant scalar")
-            value = c.data.reshape(-1)[0]
-        bounds.append(float(value) if np.isinf(value) or value == inf else _float(value))
+            v = c.data.reshape(-1)[0]
+            value = _float(v) if v.dtype == np.float32 else float(v)
+        bounds.append(value)
     return imp.emit("hardtanh", [x], min_val=bounds[0], max_val=bounds[1])
 
 

@@ -207,7 +207,7 @@ def softplus_pattern(g: _Graph, sp: onnx.NodeProto
             beta, x = k[1 - j], mul.input[j]
             nodes.insert(0, mul)
     y = sp.output[0]
-    if mul in nodes:   # ... / β must follow
+    if len(nodes) == 2:   # x · β: ... / β must follow
         div = g.next_node(sp)
         if div is None or div.op_type != "Div" or div.input[0] != y or \
                 g.scalar(div.input[1]) != beta:
