@@ -180,8 +180,8 @@ def _softplus_onnx(b, ins, outs, beta, threshold):
 
 
 def _softplus_infer(x, *rest, beta, threshold):
-    if not beta > 0:
-        raise ShapeError(f"softplus: beta must be > 0, got {beta}")
+    if beta == 0 or not math.isfinite(beta):
+        raise ShapeError(f"softplus: beta must be finite and nonzero, got {beta}")
     return grad_infer(x, *rest) if rest else unary_infer(x)
 
 
