@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import mlp
+from test_activations_more import grad_graph as more_acts_graph
 from test_c_backend import ops_graph, ops_objective
 from test_cuda_kernels import Job, parse_ptxas
 from test_ops import CASES, build, objective
@@ -63,6 +64,7 @@ def zoo() -> dict[str, lc.Graph]:
         graphs[f"grad_{case}"] = lc.grad(g, of="L", wrt=wrt)
     graphs["ops"], graphs["ops_grad"] = ops_graph(), ops_objective()
     graphs["mlp_ops"] = mlp_ops_graph()   # the MLP ops and Linear over leading dims
+    graphs["more_acts"] = more_acts_graph()   # ELU ... PReLU, forward and backward
     for loss in ("cross-entropy", "mse"):
         for name, opt in OPTIMIZERS.items():
             key = f"train_{loss}_{name}".replace("-", "_")

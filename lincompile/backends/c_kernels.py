@@ -7,7 +7,7 @@ Decisions made here:
 - a ``linear`` whose only reader is a relu/sigmoid/tanh, and whose output is not a graph
   output, runs the activation in the GEMM epilogue and never stores the pre-activation
   (activation gradients read the activation's *output*, so training graphs fuse too);
-  leaky_relu, gelu and silu (whose gradients read the input) run as kernels of their own;
+  the other activations (whose gradients read the input) run as kernels of their own;
 - a ``[*, C]`` operand of a product is the matrix of its rows (leading dims flattened);
 - ``flatten``/``reshape``/``identity`` are views (no code) unless they make a graph output;
 - a weight gradient ``dW = dYᵀ·X`` read only by a plain SGD update (no momentum, no decay)
@@ -433,22 +433,48 @@ def _onnx_adam(step: CStep, ctx: Context) -> dict[str, str]:
 
 
 def _pointwise(step: CStep, ctx: Context) -> dict[str, str]:
-    """leaky_relu, gelu, silu and their gradients (which read dOut and the input x)."""
+    """The activations with kernels of their own (leaky_relu, gelu, silu, elu, softplus,
+    hardtanh, prelu, ...) and their gradients (which read dOut and the input x): each input
+    by its name in the op, each float attribute a literal of the op's dtype by its name."""
     from ..ops.activations import K_ALPHA, K_BETA, K_KAPPA, SQRT1_2
+    from ..ops.activations_exp import elu_constants
 
-    a = step.node.attrs
-    *dy, x = step.inputs
+    n = step.node
     y = step.outputs[0]
     ct = CTYPES[y.dtype]
-    d = {**_common(y, ctx), "op": step.node.op, "x": ctx.ptr(x),
-         "tanh": a.get("approximate") == "tanh",
-         "alpha": c_literal(a.get("alpha", 0), ct), "half": c_literal(0.5, ct),
-         "sqrt1_2": c_literal(SQRT1_2, ct), "beta": c_literal(K_BETA, ct),
-         "kappa": c_literal(K_KAPPA, ct), "kappa3": c_literal(3 * K_KAPPA, ct),
-         "k_alpha": c_literal(K_ALPHA, ct)}
-    if dy:
-        return {**d, "dy": ctx.ptr(dy[0]), "dx": ctx.ptr(y)}
-    return {**d, "y": ctx.ptr(y)}
+    consts = {"half": 0.5, "sqrt1_2": SQRT1_2, "k_beta": K_BETA, "kappa": K_KAPPA,
+              "kappa3": 3 * K_KAPPA, "k_alpha": K_ALPHA,
+              **{k: v for k, v in n.attrs.items() if isinstance(v, float)}}
+    if n.op.split("_")[0] in ("elu", "selu", "celu"):
+        consts.update(zip(("alpha", "scale", "input_scale"), elu_constants(n.op, **n.attrs)))
+    d = {**_common(y, ctx), "op": n.op, "tanh": n.attrs.get("approximate") == "tanh",
+         **{k: c_literal(v, ct) for k, v in consts.items()}}
+    for name, v in zip(get_op(n.op).inputs, step.inputs):
+        d[name.rstrip("?")] = ctx.ptr(v)
+    if "slope" in d:
+        d["si"] = flat_index(step.inputs[-1].shape, y.shape)
+    return {**d, ("dx" if "dy" in d else "y"): ctx.ptr(y)}
+
+
+def flat_index(shape: Sequence, space: Sequence) -> str:
+    """The element of a row-major ``shape`` operand, numpy-broadcast over ``space``, that the
+    flat index ``i`` of ``space`` reads (a C expression)."""
+    strides = broadcast_strides(shape, space)
+    terms, inner = [], Size(1)
+    for k in reversed(range(len(space))):
+        ext = Size.of_shape([space[k]])
+        if strides[k].coef and ext != Size(1):
+            coord = "i" if inner == Size(1) else f"i / {_paren(inner.c())}"
+            if any(Size.of_shape([d]) != Size(1) for d in space[:k]):   # not the outermost
+                coord += f" % {_paren(ext.c())}"
+            terms.append(coord if strides[k] == Size(1) else
+                         f"({coord}) * {_paren(strides[k].c())}")
+        inner = inner * ext
+    return " + ".join(terms) or "0"
+
+
+def _paren(text: str) -> str:
+    return text if text.isidentifier() or text.isdigit() else f"({text})"
 
 
 def row_count(step: CStep) -> Size:

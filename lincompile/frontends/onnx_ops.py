@@ -305,6 +305,92 @@ def dropout(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("identity", [imp.value(node.input[0])])
 
 
+# ------------------------------------------------------------------ more activations
+def _snap(value: float, exact: float) -> float:
+    """A float32 attribute that rounds ``exact`` (torch's double constant) stands for it."""
+    return exact if np.float32(value) == np.float32(exact) else _float(value)
+
+
+def _alpha_op(op: str, default: float = 1.0):
+    """Elu, Celu: one ``alpha`` attribute."""
+    return lambda imp, node: imp.emit(op, [imp.value(node.input[0])],
+                                      alpha=_float(_attrs(node).get("alpha", default)))
+
+
+def selu(imp: Importer, node: onnx.NodeProto) -> Result:
+    """torch's SELU (ONNX's default alpha and gamma are its constants in float32)."""
+    from ..ops.activations_exp import SELU_ALPHA, SELU_SCALE
+
+    at = _attrs(node)
+    alpha, gamma = at.get("alpha", SELU_ALPHA), at.get("gamma", SELU_SCALE)
+    if _snap(alpha, SELU_ALPHA) != SELU_ALPHA or _snap(gamma, SELU_SCALE) != SELU_SCALE:
+        raise imp.unsupported(f"alpha={_float(alpha)}, gamma={_float(gamma)} (only the "
+                              "defaults, torch.nn.SELU's constants)")
+    return imp.emit("selu", [imp.value(node.input[0])])
+
+
+def softplus(imp: Importer, node: onnx.NodeProto) -> Result:
+    """ONNX's Softplus, log(1 + e^x) for every x: beta 1 and no threshold (torch's
+    exports with a beta or threshold are node patterns, see onnx_patterns)."""
+    return imp.emit("softplus", [imp.value(node.input[0])], beta=1.0, threshold=float("inf"))
+
+
+def clip(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Clip (torch's Hardtanh, ReLU6, clamp): constant bounds, attributes before opset 11;
+    a missing bound is the dtype's lowest or highest value, as ONNX says."""
+    x = imp.value(node.input[0])
+    if x.dtype not in ("float32", "float64"):
+        raise imp.unsupported(f"'{x.name}' is {x.dtype}; only float tensors are clipped")
+    at, bounds, info = _attrs(node), [], np.finfo(x.dtype)
+    for k, (name, extreme) in enumerate((("min", info.min), ("max", info.max))):
+        value = _float(at[name]) if name in at else float(extreme)
+        if len(node.input) > k + 1 and node.input[k + 1]:
+            c = imp.const(node.input[k + 1])
+            if c is None or c.data.size != 1:
+                raise imp.unsupported(f"its {name} must be a constant scalar")
+            v = c.data.reshape(-1)[0]
+            value = _float(v) if v.dtype == np.float32 else float(v)
+        bounds.append(value)
+    return imp.emit("hardtanh", [x], min_val=bounds[0], max_val=bounds[1])
+
+
+def hard_sigmoid(imp: Importer, node: onnx.NodeProto) -> Result:
+    """max(0, min(1, alpha·x + beta)); torch's alpha, float32(1/6), stands for 1/6."""
+    at = _attrs(node)
+    return imp.emit("hardsigmoid", [imp.value(node.input[0])],
+                    alpha=_snap(at.get("alpha", 0.2), 1 / 6), beta=_float(at.get("beta", 0.5)))
+
+
+def prelu(imp: Importer, node: onnx.NodeProto) -> Result:
+    """PRelu: an initializer slope is a trainable parameter (torch.nn.PReLU's weight). The
+    dynamo exporter's ``val_1`` [1, C] becomes torch's ``<module>.weight`` [C] again."""
+    import ast
+
+    s, c = node.input[1], imp.const(node.input[1])
+    if c is None or not imp.is_input(s):
+        return imp.emit("prelu", [imp.value(node.input[0]), imp.value(s)])
+    scopes = next((m.value for m in node.metadata_props
+                   if m.key == "pkg.torch.onnx.name_scopes"), "")
+    try:
+        module = ".".join(ast.literal_eval(scopes)[1:-1]) if scopes else ""
+    except (ValueError, SyntaxError, TypeError):
+        module = ""
+    name = f"{module}.weight"
+    if (module and c.data.ndim > 1 and set(c.data.shape[:-1]) == {1} and imp.fresh_use(s)
+            and name not in imp.reserved | set(imp.g.values)):
+        slope = imp.linear_param(name, c.data.reshape(-1), source=s, transform="reshape")
+    else:
+        slope = imp.linear_param(s)
+    return imp.emit("prelu", [imp.value(node.input[0]), slope])
+
+
+ACTIVATIONS = {
+    "Celu": _alpha_op("celu"), "Clip": clip, "Elu": _alpha_op("elu"), "Exp": _unary("exp"),
+    "HardSigmoid": hard_sigmoid, "HardSwish": _unary("hardswish"), "Mish": _unary("mish"),
+    "PRelu": prelu, "Selu": selu, "Softplus": softplus, "Softsign": _unary("softsign"),
+}
+
+
 # ------------------------------------------------------------------ lincompile functions
 #: lincompile's model-local functions (``backends/onnx_builder``) → their IR op, as each
 #: op declares them (``OpDef.onnx_functions``).
@@ -460,6 +546,7 @@ IMPORTERS.update({
     "LeakyRelu": leaky_relu, "LogSoftmax": _softmax("log_softmax"),
     "Softmax": _softmax("softmax"), "Swish": swish,
 })
+IMPORTERS.update(ACTIVATIONS)
 #: The ONNX ops a user's model may contain, by domain (lincompile's own files also call its
 #: model-local ``lincompile.*`` functions, which are not listed: no other producer writes them).
 SUPPORTED = {"": sorted([*IMPORTERS, "Constant"]), ML: sorted(ML_IMPORTERS),

@@ -3,6 +3,8 @@
 # importing each op family registers its ops
 from . import (  # noqa: F401
     activations,
+    activations_exp,
+    activations_hard,
     elementwise,
     linear,
     loss,
