@@ -172,6 +172,8 @@ def write_trained(model_path: str | os.PathLike, values: dict[str, np.ndarray],
     model = onnx.load(os.fspath(model_path))
     inits = {t.name: t for t in model.graph.initializer}
     consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    copies = {n.output[0]: n for n in model.graph.node   # Identity of a constant: its own
+              if n.op_type == "Identity" and (n.input[0] in inits or n.input[0] in consts)}
     for name, spec in layout.items():
         src = spec["source"]
         if "attribute" in spec:
@@ -190,6 +192,13 @@ def write_trained(model_path: str | os.PathLike, values: dict[str, np.ndarray],
                                       f"as '{a.name}'; only 'value' can be written back")
             a.t.CopyFrom(numpy_helper.from_array(
                 _inverse(name, spec, trained[name], numpy_helper.to_array(a.t)), a.t.name))
+        elif src in copies:   # a parameter of its own: an initializer of its own now
+            n = copies.pop(src)
+            of = n.input[0]
+            like = numpy_helper.to_array(inits[of] if of in inits else consts[of].attribute[0].t)
+            model.graph.initializer.append(numpy_helper.from_array(
+                _inverse(name, spec, trained[name], like), src))
+            model.graph.node.remove(n)
         else:
             raise LincompileError(f"parameter '{name}': its source '{src}' is not an "
                                   f"initializer or Constant of '{model_path}'")

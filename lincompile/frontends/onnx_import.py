@@ -41,6 +41,11 @@ maps it to its source tensor (or node attribute) and transform (:mod:`.layout`);
 outputs come from Softmax, LogSoftmax, skl2onnx's head or a ``LinearClassifier`` is imported
 up to the logits (:mod:`.heads`), the head described in ``lincompile.head``.
 
+An ``Identity`` of a constant is a constant of its own: exporters write one where two
+parameters were distinct but equal when saved (torch's exporter deduplicates the zero biases
+of a fresh Keras model's equal-width layers this way), so each trains on its own, and
+``write_trained`` gives it an initializer of its own in the trained copy.
+
 A weight is only transposed, reshaped or renamed when this node is its only user, and never
 in lincompile's own files (there a Gemm without transB is a ``matmul``). Two things a saved
 lincompile graph does not say come back as the same computation in another form: a
@@ -181,6 +186,14 @@ class Importer:
         for n in self.nodes:  # Constant nodes have no inputs: take them all up front
             if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
                 self.consts[n.output[0]] = Const(n.output[0], _constant_value(n))
+                self.done.add(id(n))
+        outputs = {o.name for o in gp.output}
+        for n in self.nodes:   # Identity of a constant: a constant of its own (see below)
+            if n.op_type == "Identity" and n.domain in ("", "ai.onnx") and \
+                    n.input[0] in self.consts and n.output[0] not in outputs:
+                src = self.consts[n.input[0]]
+                self.consts[n.output[0]] = Const(n.output[0], src.data.copy(), src.origin)
+                self.uses[n.input[0]] -= 1
                 self.done.add(id(n))
         #: parameter name -> its source tensor in the file and the transform between them
         self.layout: dict[str, dict[str, str]] = {}
