@@ -304,3 +304,17 @@ def test_compile_prints_every_entry_point_of_the_header(tmp_path, model_file):
     header = (tmp_path / "c" / "model.h").read_text()
     declared = sorted(set(re.findall(r"\b(model_\w+)\(", header)))
     assert sorted(printed) == declared and len(declared) == 4
+
+
+def test_output_cut_short_by_the_reader_ends_quietly(model_file):
+    """`lincompile explain m.onnx | head -1`: the reader has gone; no traceback, no 'a bug?'
+    line, exit 141 (128 + SIGPIPE) as a shell reports it."""
+    import os
+
+    r, w = os.pipe()
+    os.close(r)   # every write to w fails with EPIPE, as once `head` has exited
+    p = subprocess.Popen([sys.executable, "-m", "lincompile", "explain", str(model_file)],
+                         stdout=w, stderr=subprocess.PIPE)
+    os.close(w)
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == "", err

@@ -8,6 +8,7 @@ share live in ``args.py``. Exit codes: 0 ok, 1 validation failed, 2 usage or inp
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lincompile: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `lincompile info m.onnx | head`: the reader has gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so that Python's exit flush fails quietly
+        return 141   # 128 + SIGPIPE, as a shell reports it
     except Exception as e:  # one line unless --verbose
         if verbose:
             traceback.print_exc()
