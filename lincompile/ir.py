@@ -195,6 +195,9 @@ class Graph:
     def mul(self, a: Value, b: Value, name: str | None = None) -> Value:
         return self.apply("mul", [a, b], name)
 
+    def div(self, a: Value, b: Value, name: str | None = None) -> Value:
+        return self.apply("div", [a, b], name)
+
     def relu(self, x: Value, name: str | None = None) -> Value:
         return self.apply("relu", [x], name)
 

@@ -24,6 +24,11 @@ def _log_softmax_loops(z, labels):
 
 
 # name -> (build(g) -> output, independent float64 formula of the feeds)
+def _away(g: lc.Graph, u: lc.Value) -> lc.Value:
+    """u² + 1: a divisor that is never near 0."""
+    return g.add(g.mul(u, u), g.const(np.array(1, np.float32), g.fresh("one")))
+
+
 CASES = {
     "linear": (lambda g: g.apply("linear", [g.input("x", ["N", 5]), g.input("w", [3, 5]),
                                             g.input("b", [3])]),
@@ -59,6 +64,13 @@ CASES = {
             lambda f: f["a"] * f["b"]),
     "mul_scalar": (lambda g: g.mul(g.input("a", ["N", 4]), g.input("s", [])),
                    lambda f: f["a"] * float(f["s"])),
+    # divisors u² + 1, kept away from 0 so that central differences stay accurate
+    "div": (lambda g: g.div(g.input("a", ["N", 4]), _away(g, g.input("u", ["N", 4]))),
+            lambda f: f["a"] / (f["u"] ** 2 + 1)),
+    "div_bias": (lambda g: g.div(g.input("a", ["N", 4]), _away(g, g.input("u", [4]))),
+                 lambda f: f["a"] / (f["u"][None, :] ** 2 + 1)),
+    "div_rows": (lambda g: g.div(_away(g, g.input("u", [1, 4])), g.input("a", ["N", 4])),
+                 lambda f: (f["u"] ** 2 + 1) / f["a"]),
     "relu": (lambda g: g.relu(g.input("x", ["N", 6])), lambda f: f["x"] * (f["x"] > 0)),
     "sigmoid": (lambda g: g.sigmoid(g.input("x", ["N", 6])), lambda f: _sigmoid(f["x"])),
     "tanh": (lambda g: g.tanh(g.input("x", ["N", 6])),

@@ -535,7 +535,8 @@ PREVIEW_IMPORTERS = {
 
 
 IMPORTERS = {
-    "Add": _binary("add"), "Flatten": flatten, "Gemm": gemm, "Identity": _unary("identity"),
+    "Add": _binary("add"), "Div": _binary("div"), "Flatten": flatten, "Gemm": gemm,
+    "Identity": _unary("identity"),
     "MatMul": matmul, "Mul": _binary("mul"), "ReduceSum": reduce_sum, "Relu": _unary("relu"),
     "Reshape": reshape, "Sigmoid": _unary("sigmoid"),
     "SoftmaxCrossEntropyLoss": softmax_cross_entropy, "Sub": sub, "Tanh": _unary("tanh"),

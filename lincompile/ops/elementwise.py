@@ -1,4 +1,5 @@
-"""Elementwise ops: add, mul (numpy broadcasting), the activations and their gradients."""
+"""Elementwise ops: add, mul, div (numpy broadcasting), the activations and their
+gradients."""
 
 from __future__ import annotations
 
@@ -45,6 +46,29 @@ mul = register(OpDef(
     ),
     onnx=lambda b, ins, outs: b.node("Mul", ins, outs), kernel="binary",
     doc="out = a · b (numpy broadcasting)",
+))
+
+
+def _div_infer(a, b):
+    expect(a)   # float: integer division means another thing
+    return [(same_dtype(a, b), broadcast(a, b))]
+
+
+def _div_grad_b(g, dy, a, b, **_):
+    """torch's ``−dy · ((a / b) / b)``."""
+    q = g.apply("div", [g.apply("div", [a, b]), b])
+    minus = g.const(np.array(-1, dy.dtype), g.fresh("minus_one"))
+    return unbroadcast(g, g.mul(g.mul(dy, q), minus), b)
+
+
+div = register(OpDef(
+    "div", ("a", "b"), _div_infer, np.divide,
+    grad=(
+        lambda g, dy, a, b, **_: unbroadcast(g, g.apply("div", [dy, b]), a),
+        _div_grad_b,
+    ),
+    onnx=lambda b, ins, outs: b.node("Div", ins, outs), kernel="binary",
+    doc="out = a / b (numpy broadcasting; x / 0 is ±Inf or NaN, as in torch)",
 ))
 
 
