@@ -292,3 +292,18 @@ def test_a_tensor_too_large_for_any_workspace_is_a_compile_error():
     for target in ("c", "cuda-cpu"):
         with pytest.raises(lc.CompileError, match="more than 2\\^62"):
             lc.compile(g, target)
+
+
+@pytest.mark.parametrize("target,precision", [("cuda-cpu", "bf16"), ("cuda-cpu", "tf32"),
+                                              ("c", "bf16")])
+def test_tensor_core_and_bf16_products_from_8_threads_equal_serial(target, precision):
+    """The emulated mma/wgmma/TMA/mbarrier state and the bf16 copies are per call too: a
+    training step whose products pass the emulator's wgmma thresholds (64 rows and
+    columns, 32 deep) at the larger batches."""
+    model = mlp((40, 72, 68), seed=6, name="tc")
+    graph = lc.training_graph(model, loss="mse", optimizer=lc.Adam(0.01))
+    exe = lc.compile(graph, target, precision=precision)
+    feeds = jobs(graph)
+    want = [exe.run(f) for f in feeds]
+    errors = hammer([exe], feeds, [want], target)
+    assert not errors, f"{target} {precision}: {len(errors)} bad calls, e.g. {errors[:3]}"
