@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import pytest
 from conftest import COMPILED, TARGETS
+from helpers import assert_gradients_match_central_differences, sum_objective
 from onnx import TensorProto, helper
 from onnx_models import model, ort_run
-from test_ops import central_differences
 
 import lincompile as lc
 from lincompile.backends.reference import ReferenceExecutable
@@ -63,19 +63,8 @@ TORCH = [k for k in OPS if k != "prelu_rows"]
 
 
 def objective(cases, dtype: str = "float32") -> tuple[lc.Graph, list[str]]:
-    """``L = Σ_k Σ y_k ⊙ r_k`` (r_k fed) and every ``y.<case>``; returns the graph and the
-    inputs to differentiate."""
-    g = lc.Graph("more_acts")
-    ys, total = [], None
-    for k in cases:
-        y = OPS[k](g, g.input(f"x.{k}", SHAPES.get(k, ["N", 3, C]), dtype))
-        s = g.reduce_sum(g.mul(y, g.input(f"r.{k}", y.shape, dtype)))
-        total = s if total is None else g.add(total, s)
-        ys.append((y, f"y.{k}"))
-    g.output(total, name="L")
-    for y, name in ys:
-        g.output(y, name=name)
-    return g.verify(), [v.name for v in g.inputs if not v.name.startswith("r.")]
+    """L = Σ_k Σ y_k ⊙ r_k over ``cases`` and every y.<case>: see helpers.sum_objective."""
+    return sum_objective(OPS, cases, lambda k: SHAPES.get(k, ["N", 3, C]), dtype, "more_acts")
 
 
 @functools.cache
@@ -92,14 +81,7 @@ def covered_ops() -> set[str]:
 # ------------------------------------------------------------------ gradients and targets
 @pytest.mark.parametrize("case", sorted(OPS))
 def test_gradient_matches_finite_differences(case):
-    g, wrt = objective([case])
-    gg = lc.grad(g, of="L", wrt=wrt)
-    feeds = lc.random_feeds(gg, batch=2, seed=5)
-    grads = ReferenceExecutable(gg, "float64").run(feeds)
-    for w in wrt:
-        fd = central_differences(g, feeds, w)
-        err = np.linalg.norm(grads[f"{w}.grad"] - fd) / np.linalg.norm(fd)
-        assert err <= 1e-6, f"{case}: d/d{w} relative error {err:.2e}"
+    assert_gradients_match_central_differences(*objective([case]), case)
 
 
 def test_slope_gradients_sum_over_the_broadcast_axes():
