@@ -178,3 +178,40 @@ def test_nvcc_compiles_the_branches_training_step_for_sm80(tmp_path):
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert not any(k in res.stderr for k in kernels), res.stderr[-3000:]
+
+
+def onnx_model(node, inits, y_width=4):
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", y_width])
+    graph = helper.make_graph([node], "m", [x], [y],
+                              [numpy_helper.from_array(np.array(v, np.int64), k)
+                               for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_slice_of_the_last_axis_imports_with_onnx_bounds():
+    from onnx import helper
+
+    node = helper.make_node("Slice", ["x", "s", "e", "a"], ["y"])
+    g = lc.load_onnx(onnx_model(node, {"s": [-4], "e": [2**63 - 1], "a": [1]}))
+    (n,) = g.nodes
+    assert (n.op, n.attrs) == ("slice_last", {"start": 2, "stop": 6})
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    for target in TARGETS:
+        np.testing.assert_array_equal(lc.compile(g, target).run({"x": x})["y"], x[:, 2:])
+    for inits, why in (({"s": [0], "e": [3], "a": [0]}, "only a Slice of the fixed last axis"),
+                       ({"s": [0], "e": [3], "a": [1], "t": [2]}, "steps \\[2\\]")):
+        ins = ["x", "s", "e", "a"] + (["t"] if "t" in inits else [])
+        with pytest.raises(lc.UnsupportedOpError, match=why):
+            lc.load_onnx(onnx_model(helper.make_node("Slice", ins, ["y"]), inits))
+
+
+def test_concat_over_another_axis_is_refused_in_one_line():
+    from onnx import helper
+
+    node = helper.make_node("Concat", ["x", "x"], ["y"], axis=0)
+    with pytest.raises(lc.UnsupportedOpError, match="only the last axis") as e:
+        lc.load_onnx(onnx_model(node, {}))
+    assert "\n" not in str(e.value)
