@@ -215,3 +215,14 @@ def test_concat_over_another_axis_is_refused_in_one_line():
     with pytest.raises(lc.UnsupportedOpError, match="only the last axis") as e:
         lc.load_onnx(onnx_model(node, {}))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("target", COMPILED)
+def test_a_repeated_and_an_empty_input(target):
+    """concat([a, e, a]) with e of width 0: a's gradient is the sum of its two slices."""
+    g = lc.Graph("twice")
+    a, e = g.input("a", ["N", 3]), g.input("e", ["N", 0])
+    y = g.concat([a, e, a])
+    g.output(g.reduce_sum(g.mul(g.tanh(y), g.input("r", ["N", 6]))), name="L")
+    report = lc.validate(lc.grad(g, of="L", wrt=["a"]), ["reference", target], batch=3)
+    assert report.ok, str(report)
