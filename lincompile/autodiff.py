@@ -75,7 +75,7 @@ def append_grads(g: Graph, of: Value, wrt: Sequence[Value]) -> dict[str, Value]:
             raise GradientError(f"node '{n.name}': op '{n.op}' has no gradient rule; ops "
                                 f"with one: {have}")
         for i in todo:
-            rule = opdef.grad[i] if i < len(opdef.grad) else None
+            rule = opdef.grad_rule(i)
             if rule is None:  # labels, shape-only inputs: no gradient flows
                 continue
             d = rule(g, dy, *n.inputs, y=n.outputs[0], **n.attrs)

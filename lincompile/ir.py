@@ -142,8 +142,10 @@ class Graph:
             raise ShapeError(f"{where}: a node with this name already exists")
         attrs = opdef.check_attrs(attrs, name)
         inputs = list(inputs)
-        if not opdef.min_inputs <= len(inputs) <= len(opdef.inputs):
-            raise ShapeError(f"{where}: takes inputs {list(opdef.inputs)}, got {len(inputs)}")
+        most = opdef.max_inputs
+        if len(inputs) < opdef.min_inputs or (most is not None and len(inputs) > most):
+            takes = list(opdef.inputs) + (["..."] if most is None else [])
+            raise ShapeError(f"{where}: takes inputs {takes}, got {len(inputs)}")
         for v in inputs:
             if not isinstance(v, Value) or self.values.get(v.name) is not v:
                 raise ShapeError(f"{where}: input {v!r} is not a value of graph '{self.name}'")
@@ -197,6 +199,14 @@ class Graph:
 
     def div(self, a: Value, b: Value, name: str | None = None) -> Value:
         return self.apply("div", [a, b], name)
+
+    def concat(self, xs: Sequence[Value], axis: int = -1, name: str | None = None) -> Value:
+        """Join ``xs`` (equal leading dims) along the last axis, as ``torch.cat(xs, -1)``."""
+        return self.apply("concat", list(xs), name, axis=axis)
+
+    def slice_last(self, x: Value, start: int, stop: int, name: str | None = None) -> Value:
+        """``x[..., start:stop]``."""
+        return self.apply("slice_last", [x], name, start=int(start), stop=int(stop))
 
     def relu(self, x: Value, name: str | None = None) -> Value:
         return self.apply("relu", [x], name)

@@ -80,6 +80,13 @@ CASES = {
     "reshape": (lambda g: g.reshape(g.input("x", ["N", 6]), [-1, 3, 2]),
                 lambda f: f["x"].reshape(-1, 3, 2)),
     "identity": (lambda g: g.apply("identity", [g.input("x", ["N", 3])]), lambda f: f["x"]),
+    # the gradient of concat is slice_last of dY (the middle input's slice starts at 2)
+    "concat": (lambda g: g.concat([g.input("a", ["N", 2]), g.input("b", ["N", 3]),
+                                   g.input("c", ["N", 1])]),
+               lambda f: np.hstack([f["a"], f["b"], f["c"]])),
+    "concat_3d": (lambda g: g.concat([g.input("a", ["N", 2, 3]), g.input("b", ["N", 2, 1])],
+                                     axis=2),
+                  lambda f: np.dstack([f["a"], f["b"]])),
     "mse": (lambda g: g.mse(g.input("p", ["N", 3]), g.input("t", ["N", 3])),
             lambda f: np.array(((f["p"] - f["t"]) ** 2).sum() / f["p"].size)),
     "softmax_cross_entropy": (

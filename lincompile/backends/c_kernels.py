@@ -10,6 +10,7 @@ Decisions made here:
   the other activations (whose gradients read the input) run as kernels of their own;
 - a ``[*, C]`` operand of a product is the matrix of its rows (leading dims flattened);
 - ``flatten``/``reshape``/``identity`` are views (no code) unless they make a graph output;
+- ``concat``/``slice_last`` copy contiguous runs of rows (one ``memcpy`` per run and row);
 - a weight gradient ``dW = dYᵀ·X`` read only by a plain SGD update (no momentum, no decay)
   is accumulated straight into ``P.next`` by the GEMM (``beta = 1, alpha = −lr``, starting
   from ``P`` where ``P.next`` is another buffer), at the update's place in the schedule, so
@@ -341,6 +342,32 @@ def _copy(step: CStep, ctx: Context) -> dict[str, str]:
     return {"x": ctx.ptr(x), "y": ctx.ptr(y), "bytes": size.c()}
 
 
+def _row_copy(step: CStep, ctx: Context) -> dict:
+    """concat and slice_last: each output row is contiguous runs of input rows (a memcpy
+    per run and row in C; one thread per output element in CUDA, its run chosen by column)."""
+    y = step.outputs[0]
+    size = CTYPES[y.dtype].itemsize
+    plus = lambda k: f" + {k}" if k else ""
+    if step.node.op == "slice_last":
+        x, start = step.inputs[0], step.node.attrs["start"]
+        runs = [(x, start, 0, y.shape[-1])]   # (source, its first column, to column, width)
+    else:
+        runs, at = [], 0
+        for x in step.inputs:
+            runs.append((x, 0, at, x.shape[-1]))
+            at += x.shape[-1]
+    parts = [{"src": ctx.ptr(x), "src_w": Size(x.shape[-1]).c(), "src_off": plus(first),
+              "dst_off": plus(to), "bytes": Size(w * size).c(), "end": Size(to + w).c(),
+              "src_col": "c" + plus(first) if not to else f"(c - {to})"}
+             for x, first, to, w in runs if w]
+    for k, p in enumerate(parts):   # the run a column is in (CUDA)
+        p["cond"] = ("else " if k else "") + (
+            f"if (c < {p['end']}) " if k < len(parts) - 1 else "")
+    return {"parts": parts, "per_element": ctx.lang.name == "cuda", "y": ctx.ptr(y),
+            "width": Size(y.shape[-1]).c(), "rows": Size.of_shape(y.shape[:-1]).c(),
+            "index": ctx.lang.index.format(n=_n(y))}
+
+
 def _mse(step: CStep, ctx: Context) -> dict[str, str]:
     p, t = step.inputs
     return {**_common(p, ctx), "p": ctx.ptr(p), "t": ctx.ptr(t), "n": _n(p),
@@ -558,7 +585,8 @@ KERNELS: dict[str, Callable[[CStep, Context], dict]] = {
     "linear": _gemm, "matmul": _gemm, "sgd_gemm": _gemm, "binary": _binary,
     "broadcast_to": _broadcast_to,
     "reduce_sum": _reduce_sum, "activation": _activation, "activation_grad": _activation_grad,
-    "copy": _copy, "mse": _mse, "mse_grad": _mse_grad, "softmax_cross_entropy": _sce,
+    "copy": _copy, "row_copy": _row_copy, "mse": _mse, "mse_grad": _mse_grad,
+    "softmax_cross_entropy": _sce,
     "softmax_cross_entropy_grad": _sce, "sgd": _sgd, "adam": _adam,
     "adagrad": _adagrad, "onnx_momentum": _onnx_momentum, "onnx_adam": _onnx_adam,
     "pointwise": _pointwise, "pointwise_grad": _pointwise,

@@ -56,6 +56,7 @@ NEUTRAL += ("adagrad", "onnx_momentum", "onnx_adam")   # the other optimizer upd
 #: Row-wise neutral bodies (softmax, layer_norm and their gradients): one thread per row.
 ROWS = ("softmax", "softmax_grad", "layer_norm", "layer_norm_grad")
 NEUTRAL += ("pointwise", "pointwise_grad", *ROWS)
+NEUTRAL += ("row_copy",)   # concat, slice_last: one thread per output element
 MAX_PARTS = 256        # partial sums of the two-pass mse (LC_MAX_PARTS)
 COLSUM_CHUNKS = 64     # LC_COLSUM_MAX_CHUNKS of templates/cuda/reduce.cu.j2
 SUM_PARTIALS = 1024    # LC_SUM_MAX_PARTIALS of templates/cuda/reduce.cu.j2

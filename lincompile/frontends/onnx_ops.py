@@ -19,6 +19,7 @@ from ..backends.onnx_builder import DOMAIN, FUSED_KEY, OnnxBuilder
 from ..errors import LincompileError, ModelLoadError, ShapeError
 from ..ir import Value
 from ..ops import OPS, get_op
+from ..ops.concat import last_axis
 from ..ops.preview import DOMAIN as PREVIEW
 from .onnx_import import DTYPES, Const, Importer
 from .onnx_ml import DOMAIN as ML
@@ -195,6 +196,32 @@ def reshape(imp: Importer, node: onnx.NodeProto) -> Result:
         raise imp.unsupported("allowzero=1 with a 0 in the target shape")
     x = imp.value(node.input[0])
     return imp.emit("reshape", [x], shape=imp.batch_reshape(x, shape))
+
+
+def concat(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Concat along the last axis (``torch.cat(xs, dim=-1)``; ``dim=1`` of 2-D tensors)."""
+    xs = [imp.value(i) for i in node.input]
+    if "axis" not in _attrs(node):
+        raise imp.unsupported("its required attribute 'axis' is missing")
+    _last_axis(imp, xs[0], _attrs(node)["axis"], "Concat")
+    return imp.emit("concat", xs, axis=-1) if len(xs) > 1 else imp.emit("identity", xs)
+
+
+def slice_(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Slice of the last axis with constant starts/ends/axes and step 1 (``x[..., a:b]``)."""
+    x = imp.value(node.input[0])
+    starts, ends = (_ints(imp, node.input[k], what) for k, what in ((1, "starts"),
+                                                                   (2, "ends")))
+    opt = [node.input[k] if len(node.input) > k and node.input[k] else "" for k in (3, 4)]
+    axes = _ints(imp, opt[0], "axes") if opt[0] else list(range(len(starts)))
+    steps = _ints(imp, opt[1], "steps") if opt[1] else [1] * len(starts)
+    c = x.shape[-1] if x.shape else None
+    if len(starts) != 1 or len(axes) != 1 or len(ends) != 1 or steps != [1] \
+            or not last_axis(axes[0], len(x.shape)) or not isinstance(c, int):
+        raise imp.unsupported(f"only a Slice of the fixed last axis with step 1 is imported "
+                              f"(axes {axes}, steps {steps} of '{x.name}' {list(x.shape)})")
+    start, stop = (min(max(v + c if v < 0 else v, 0), c) for v in (starts[0], ends[0]))
+    return imp.emit("slice_last", [x], start=start, stop=max(start, stop))
 
 
 def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
@@ -535,10 +562,11 @@ PREVIEW_IMPORTERS = {
 
 
 IMPORTERS = {
-    "Add": _binary("add"), "Div": _binary("div"), "Flatten": flatten, "Gemm": gemm,
+    "Add": _binary("add"), "Concat": concat, "Div": _binary("div"), "Flatten": flatten,
+    "Gemm": gemm,
     "Identity": _unary("identity"),
     "MatMul": matmul, "Mul": _binary("mul"), "ReduceSum": reduce_sum, "Relu": _unary("relu"),
-    "Reshape": reshape, "Sigmoid": _unary("sigmoid"),
+    "Reshape": reshape, "Sigmoid": _unary("sigmoid"), "Slice": slice_,
     "SoftmaxCrossEntropyLoss": softmax_cross_entropy, "Sub": sub, "Tanh": _unary("tanh"),
     "Transpose": transpose,
 }

@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     activations,
     activations_exp,
     activations_hard,
+    concat,
     elementwise,
     linear,
     loss,

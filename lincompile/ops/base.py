@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ShapeError, UnsupportedOpError
@@ -24,9 +25,12 @@ FLOATS = ("float32", "float64")
 class OpDef:
     """Everything about one op.
 
-    ``inputs`` names the inputs (a trailing ``?`` marks an optional one).
+    ``inputs`` names the inputs (a trailing ``?`` marks an optional one); ``variadic``: the
+    last one repeats (any number of inputs from ``min_inputs`` on, as in ``concat``).
     ``grad`` has one rule per input, ``None`` where no gradient flows; a rule is
-    ``rule(g, dy, *inputs, y=output, **attrs) -> Value`` and builds IR nodes in ``g``.
+    ``rule(g, dy, *inputs, y=output, **attrs) -> Value`` and builds IR nodes in ``g``
+    (a variadic op's last rule serves every repeat; its rules are told which input by
+    ``index=i``).
     ``grad=None`` as a whole means the op is not differentiable at all.
     ``onnx(b, ins, outs, **attrs)`` emits the ONNX nodes (see ``backends/onnx_builder``);
     ``onnx_functions`` names the ``lincompile.*`` local functions it may call, which the
@@ -51,13 +55,28 @@ class OpDef:
     onnx_derived: tuple[str, ...] = ()
     domains: tuple[str | None, ...] = ()
     doc: str = ""
+    variadic: bool = False
 
     @property
     def min_inputs(self) -> int:
         return sum(1 for n in self.inputs if not n.endswith("?"))
 
+    @property
+    def max_inputs(self) -> int | None:
+        """The most inputs a node may have (None: no limit, a variadic op)."""
+        return None if self.variadic else len(self.inputs)
+
+    def grad_rule(self, i: int) -> Callable[..., Value] | None:
+        """The gradient rule of input ``i`` (None where no gradient flows)."""
+        if self.grad is None:
+            return None
+        if self.variadic:   # one rule for all repeats: it is told which input
+            rule = self.grad[min(i, len(self.grad) - 1)]
+            return None if rule is None else partial(rule, index=i)
+        return self.grad[i] if i < len(self.grad) else None
+
     def input_name(self, i: int) -> str:
-        return self.inputs[i].rstrip("?")
+        return self.inputs[min(i, len(self.inputs) - 1) if self.variadic else i].rstrip("?")
 
     def domain(self, i: int) -> str | None:
         return self.domains[i] if i < len(self.domains) else None
