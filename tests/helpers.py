@@ -88,3 +88,51 @@ def assert_gradients_match_central_differences(g: lc.Graph, wrt: list[str], case
         fd = central_differences(g, feeds, w)
         err = np.linalg.norm(grads[f"{w}.grad"] - fd) / np.linalg.norm(fd)
         assert err <= 1e-6, f"{case}: d/d{w} relative error {err:.2e}"
+
+
+def export_torch(module, example, path, exporter: str):
+    """``module`` exported by torch's TorchScript or dynamo exporter (opset 18, the batch dim
+    symbolic, input ``x``); skips when the dynamo exporter's onnxscript is absent."""
+    import pytest
+    import torch
+
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
+    kw = ({"dynamic_shapes": {"x": {0: torch.export.Dim("N")}}} if exporter == "dynamo" else
+          {"dynamic_axes": {"x": {0: "N"}}})
+    torch.onnx.export(module, (example,), str(path), input_names=["x"], opset_version=18,
+                      dynamo=exporter == "dynamo", **kw)
+    return path
+
+
+def assert_trains_like_torch(module, graph: lc.Graph, batches, targets) -> None:
+    """On every target: ``graph`` (imported from ``module``'s file) computes what ``module``
+    does, and 3 steps of SGD with momentum on MSE give torch's losses and final parameters
+    (under torch's names), within 1e-4."""
+    import torch
+
+    from lincompile.frontends.layout import start_state
+
+    x0 = batches[0][0]
+    want = module(torch.from_numpy(x0)).detach().numpy()
+    train = lc.training_graph(graph, "mse", lc.SGD(0.05, momentum=0.9))
+    opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for x, y in batches:
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(module(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    final = {k: v.detach().numpy() for k, v in module.named_parameters()}
+    for target in targets:
+        got = lc.compile(graph, target).run({"x": x0})[graph.outputs[0].name]
+        assert np.abs(got - want).max() <= 1e-5 * max(1, np.abs(want).max()), target
+        step, state = lc.compile(train, target), start_state(train)
+        for (x, y), lv in zip(batches, losses):
+            out = step.run({"x": x, "target": y, **state})
+            assert abs(float(out["loss"]) - lv) <= 1e-4 * max(1, abs(lv)), (target, lv)
+            state = {k: out.get(f"{k}.next", v) for k, v in state.items()}
+        for k, w in final.items():   # the parameters keep torch's names and layouts
+            assert state[k].shape == w.shape, (target, k)
+            assert np.abs(state[k] - w).max() <= 1e-4, (target, k)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import TARGETS
+from helpers import assert_trains_like_torch, export_torch
 
 import lincompile as lc
-from lincompile.frontends.layout import start_state
 
 
 def quotient_graph() -> lc.Graph:
@@ -51,36 +51,11 @@ def torch_models(torch):
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_torch_export_imports_and_trains_like_torch(exporter, tmp_path):
     torch = pytest.importorskip("torch", reason="the model and the oracle")
-    if exporter == "dynamo":
-        pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
     m = torch_models(torch)
-    path = tmp_path / "scaled.onnx"
-    kw = ({"dynamic_shapes": {"x": {0: torch.export.Dim("N")}}} if exporter == "dynamo" else
-          {"dynamic_axes": {"x": {0: "N"}}})
-    torch.onnx.export(m, (torch.rand(4, 6) * 255,), str(path), input_names=["x"],
-                      opset_version=18, dynamo=exporter == "dynamo", **kw)
-    g = lc.load_onnx(path)
+    g = lc.load_onnx(export_torch(m, torch.rand(4, 6) * 255, tmp_path / "scaled.onnx",
+                                  exporter))
     assert "div" in {n.op for n in g.nodes}
     rng = np.random.default_rng(0)
     batches = [(rng.uniform(0, 255, (n, 6)).astype(np.float32),
                 rng.standard_normal((n, 3)).astype(np.float32)) for n in (5, 3, 4)]
-    x0 = batches[0][0]
-    want = m(torch.from_numpy(x0)).detach().numpy()
-    train = lc.training_graph(g, "mse", lc.SGD(0.05, momentum=0.9))
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for x, y in batches:
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(m(torch.from_numpy(x)), torch.from_numpy(y))
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    for target in TARGETS:
-        exe = lc.compile(g, target)
-        got = exe.run({"x": x0})[g.outputs[0].name]
-        assert np.abs(got - want).max() <= 1e-5 * max(1, np.abs(want).max()), target
-        step, state = lc.compile(train, target), start_state(train)
-        for (x, y), lv in zip(batches, losses):
-            out = step.run({"x": x, "target": y, **state})
-            assert abs(float(out["loss"]) - lv) <= 1e-4 * max(1, abs(lv)), (target, lv)
-            state = {k: out.get(f"{k}.next", v) for k, v in state.items()}
+    assert_trains_like_torch(m, g, batches, TARGETS)
