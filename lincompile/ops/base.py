@@ -6,7 +6,7 @@ template live together in one :class:`OpDef`, registered once with :func:`regist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -36,8 +36,9 @@ class OpDef:
     ``onnx_functions`` names the ``lincompile.*`` local functions it may call, which the
     importer maps back to this op; ``function_attrs`` gives the attributes a function's
     name implies (``GeluTanh`` is ``gelu`` with ``approximate="tanh"``); ``onnx_derived``
-    names float attributes the lowering adds for precision (``1 − β`` exactly, which a
-    float32 ``β`` cannot give) and the importer drops again.
+    maps float attributes the lowering adds for precision (``1 − β`` exactly, which a
+    float32 ``β`` cannot give) to how they follow from the others: the importer checks them
+    against the others and drops them again.
     ``domains`` hints what random feeds suit each input ("label", "nonneg", "count",
     "positive"), for validation.
     """
@@ -52,7 +53,7 @@ class OpDef:
     kernel: str | None = None
     onnx_functions: tuple[str, ...] = ()
     function_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    onnx_derived: tuple[str, ...] = ()
+    onnx_derived: Mapping[str, Callable[[dict], float]] = field(default_factory=dict)
     domains: tuple[str | None, ...] = ()
     doc: str = ""
     variadic: bool = False

@@ -137,6 +137,11 @@ def _adam_body(f, decoupled: bool, decay: bool):
     f.node("Sub", [p, upd], [f.outputs[0]])
 
 
+#: 1 − β exactly, which a float32 β cannot give: written beside β, checked against it on import
+ADAM_DERIVED = {"one_minus_beta1": lambda a: 1 - a["beta1"],
+                "one_minus_beta2": lambda a: 1 - a["beta2"]}
+
+
 def _adam_onnx(b, ins, outs, fn, decoupled, *, weight_decay, **attrs):
     """AdamW always decays (p · (1 − lr·wd) keeps ±Inf); Adam's L2 term only when wd ≠ 0."""
     decay = decoupled or bool(weight_decay)
@@ -144,7 +149,7 @@ def _adam_onnx(b, ins, outs, fn, decoupled, *, weight_decay, **attrs):
         attrs["weight_decay"] = weight_decay
     b.call(fn if decoupled or not decay else f"{fn}Decay", ins, outs,
            lambda f: _adam_body(f, decoupled, decay), **attrs,
-           one_minus_beta1=1 - attrs["beta1"], one_minus_beta2=1 - attrs["beta2"])
+           **{k: derive(attrs) for k, derive in ADAM_DERIVED.items()})
 
 
 def _adam_op(name, fn, decoupled, wd):
@@ -153,7 +158,7 @@ def _adam_op(name, fn, decoupled, wd):
         lambda *a, **k: _adam_ref(*a, **k, decoupled=decoupled),
         onnx=lambda b, ins, outs, **attrs: _adam_onnx(b, ins, outs, fn, decoupled, **attrs),
         onnx_functions=(fn,) if decoupled else (fn, f"{fn}Decay"),
-        onnx_derived=("one_minus_beta1", "one_minus_beta2"),
+        onnx_derived=ADAM_DERIVED,
         attrs={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": wd}, kernel="adam",
         domains=(None, None, None, "nonneg", "count", "positive"),
         doc=f"torch.optim.{fn} update",
