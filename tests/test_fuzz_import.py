@@ -519,3 +519,17 @@ def test_adam_attributes_that_disagree_are_a_model_load_error():
     next(a for a in node.attribute if a.name == "one_minus_beta1").f = 1.0
     g = lc.load_onnx(m)
     assert any(n.attrs.get("beta1") == 0.0 for n in g.nodes if n.op == "adam")
+
+
+def test_adam_without_its_beta_attributes_takes_the_defaults_and_checks_them():
+    """Found by the long fuzz run: β2 left out (the default 0.999 applies) beside the file's
+    1 − β2 of 0.001: consistent, imports; beside another 1 − β2: a one-line error."""
+    m = onnx.load_from_string(SEEDS["train-adam"])
+    node = next(n for n in m.graph.node if n.op_type == "Adam")
+    keep = [a for a in node.attribute if a.name != "beta2"]
+    del node.attribute[:]
+    node.attribute.extend(keep)
+    assert any(n.op == "adam" for n in lc.load_onnx(m).nodes)
+    next(a for a in node.attribute if a.name == "one_minus_beta2").f = 0.5
+    with pytest.raises(lc.ModelLoadError, match="one_minus_beta2 = 0.5 does not follow"):
+        lc.load_onnx(m)

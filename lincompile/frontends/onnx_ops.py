@@ -438,11 +438,12 @@ def function_call(imp: Importer, node: onnx.NodeProto) -> Result:
     attrs = {**FUNCTION_ATTRS.get(node.op_type, {}),
              **{a.name: _float(a.f) for a in node.attribute}}
     op = FUNCTIONS[node.op_type]
+    given = {**OPS[op].attrs, **attrs}   # (an attribute left out takes its default)
     for k, derive in OPS[op].onnx_derived.items():   # written beside what they follow from
-        if k in attrs and np.float32(attrs[k]) != np.float32(derive(attrs)):
+        if k in attrs and np.float32(attrs[k]) != np.float32(derive(given)):
             raise ModelLoadError(f"node '{node.name}' ({node.op_type}): attribute {k} = "
                                  f"{attrs[k]:g} does not follow from the others (they give "
-                                 f"{derive(attrs):g}); was the file edited?")
+                                 f"{derive(given):g}); was the file edited?")
     attrs = {k: v for k, v in attrs.items() if k not in OPS[op].onnx_derived}
     if op == "linear":   # weight and bias are parameters, as in a Gemm
         ins = [imp.value(node.input[0])] + [imp.linear_param(i) if imp.is_input(i) else
