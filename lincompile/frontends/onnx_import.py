@@ -195,6 +195,8 @@ class Importer:
                 self.consts[n.output[0]] = Const(n.output[0], src.data.copy(), src.origin)
                 self.uses[n.input[0]] -= 1
                 self.done.add(id(n))
+        #: shape values folded at import (``.onnx_shapes``): tensor name -> its dims
+        self.shapes: dict = {}
         #: parameter name -> its source tensor in the file and the transform between them
         self.layout: dict[str, dict[str, str]] = {}
         #: the fixed leading dims that ``batch`` replaced, and the name replacing them
@@ -239,6 +241,10 @@ class Importer:
             return self.g.values[name]
         if name in self.consts:
             return self.param(name, self.consts[name].data, const=True)
+        if name in self.shapes:
+            raise self.unsupported(f"it reads '{name}', a shape with the symbolic dims "
+                                   f"{list(self.shapes[name].values)}, as data (a shape may "
+                                   "only end in a Reshape target)")
         raise ModelLoadError(f"tensor '{name}' is used before it is defined")
 
     def param(self, name: str, data: np.ndarray, const: bool = False) -> Value:

@@ -24,6 +24,8 @@ from ..ops.preview import DOMAIN as PREVIEW
 from .onnx_import import DTYPES, Const, Importer
 from .onnx_ml import DOMAIN as ML
 from .onnx_ml import IMPORTERS as ML_IMPORTERS
+from .onnx_shapes import fold as fold_shape
+from .onnx_shapes import reshape_target
 
 #: What an import function returns: the node's output value(s), or None (see above).
 Result = Value | tuple[Value, ...] | None
@@ -191,7 +193,8 @@ def _ints(imp: Importer, name: str, what: str) -> list[int]:
 
 
 def reshape(imp: Importer, node: onnx.NodeProto) -> Result:
-    shape = _ints(imp, node.input[1], "the target shape")
+    folded = reshape_target(imp, node.input[1], imp.value(node.input[0]).shape)
+    shape = folded if folded is not None else _ints(imp, node.input[1], "the target shape")
     if _attrs(node).get("allowzero", 0) and 0 in shape:
         raise imp.unsupported("allowzero=1 with a 0 in the target shape")
     x = imp.value(node.input[0])
@@ -680,6 +683,8 @@ def import_node(imp: Importer, node: onnx.NodeProto) -> Result:
     record = _fused_groups(imp).get(node.name)
     if record is not None:
         return fused(imp, record)
+    if fold_shape(imp, node):   # Shape and the arithmetic on it: no IR node
+        return None
     if node.domain in ("", "ai.onnx") and node.op_type in IMPORTERS:
         return IMPORTERS[node.op_type](imp, node)
     if node.domain == ML and node.op_type in ML_IMPORTERS:
