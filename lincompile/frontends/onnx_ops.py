@@ -308,6 +308,34 @@ def layer_normalization(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("layer_norm", [x, *affine], epsilon=_float(at.get("epsilon", 1e-5)))
 
 
+def batch_normalization(imp: Importer, node: onnx.NodeProto) -> Result:
+    """torch.nn.BatchNorm1d over the features of ``[N, C]`` in its inference form: the running
+    statistics stay constants, scale and bias train (torch's BatchNorm in ``eval()`` mode,
+    as when fine-tuning with frozen statistics): ``(x − mean) · (1/√(var + ε)) · scale + bias``.
+    """
+    at = _attrs(node)
+    if at.get("training_mode", 0) or any(o and imp.uses[o] for o in node.output[1:]):
+        raise imp.unsupported("only the inference form (training_mode=0, one output) is "
+                              "imported: the running statistics stay fixed")
+    x = imp.value(node.input[0])
+    if len(x.shape) != 2:
+        raise imp.unsupported(f"only [N, C] inputs (BatchNorm1d over features), not "
+                              f"'{x.name}' {list(x.shape)}")
+    mean, var = (imp.const(i) for i in node.input[3:5])
+    if mean is None or var is None:
+        raise imp.unsupported("its running mean and variance must be constants")
+    eps = _float(at.get("epsilon", 1e-5))
+    dt = np.dtype(x.dtype)
+    inv = (1 / np.sqrt(var.data.astype(dt) + dt.type(eps))).astype(dt)
+    base = node.name or "BatchNormalization"
+    minus_mean = imp.param(imp.tmp(f"{base}.minus_mean"), (-mean.data).astype(dt), const=True)
+    inv_std = imp.param(imp.tmp(f"{base}.inv_std"), inv, const=True)
+    scale, bias = (imp.linear_param(i) if imp.is_input(i) else imp.value(i)
+                   for i in node.input[1:3])
+    h = imp.emit("mul", [imp.emit("add", [x, minus_mean]), inv_std])
+    return imp.emit("add", [imp.emit("mul", [h, scale]), bias])
+
+
 def cast(imp: Importer, node: onnx.NodeProto) -> Result:
     """Same dtype: identity. A constant is cast at import time; else a new dtype is refused."""
     to = _attrs(node).get("to")
@@ -580,7 +608,8 @@ IMPORTERS = {
     "Transpose": transpose,
 }
 IMPORTERS.update({
-    "Cast": cast, "Dropout": dropout, "Gelu": gelu, "LayerNormalization": layer_normalization,
+    "BatchNormalization": batch_normalization, "Cast": cast, "Dropout": dropout, "Gelu": gelu,
+    "LayerNormalization": layer_normalization,
     "LeakyRelu": leaky_relu, "LogSoftmax": _softmax("log_softmax"),
     "Softmax": _softmax("softmax"), "Swish": swish,
 })
