@@ -24,8 +24,13 @@ from .onnx_import import Const, Importer
 Dim = int | str
 FOLDED = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity",
           "Add", "Sub", "Mul", "Div"}
-ARITH = {"Add": operator.add, "Sub": operator.sub, "Mul": operator.mul,
-         "Div": operator.floordiv}
+def _div(a: int, b: int) -> int:
+    """Integer division as onnxruntime does it: truncated toward zero."""
+    q = abs(a) // abs(b)
+    return q if (a < 0) == (b < 0) else -q
+
+
+ARITH = {"Add": operator.add, "Sub": operator.sub, "Mul": operator.mul, "Div": _div}
 
 
 @dataclass(frozen=True)
