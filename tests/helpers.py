@@ -136,3 +136,14 @@ def assert_trains_like_torch(module, graph: lc.Graph, batches, targets) -> None:
         for k, w in final.items():   # the parameters keep torch's names and layouts
             assert state[k].shape == w.shape, (target, k)
             assert np.abs(state[k] - w).max() <= 1e-4, (target, k)
+
+
+def autocast_mlp_loss(torch, x: np.ndarray, target: np.ndarray, params: dict, layers: int = 3):
+    """torch.autocast(cpu, bfloat16)'s cross-entropy of the relu MLP ``fc1 … fc<layers>``
+    whose weights and biases are the tensors ``params`` (the oracle of the bf16 steps)."""
+    h = torch.tensor(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for i in range(1, layers + 1):
+            h = torch.nn.functional.linear(h, params[f"fc{i}.weight"], params[f"fc{i}.bias"])
+            h = torch.relu(h) if i < layers else h
+        return torch.nn.functional.cross_entropy(h.float(), torch.tensor(target))

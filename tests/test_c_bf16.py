@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import mlp
+from helpers import autocast_mlp_loss, mlp
 from test_cuda_mma import bf16, special_floats
 from test_cuda_precision import (
     ACTS,
@@ -317,12 +317,7 @@ def test_adam_step_against_cuda_cpu_and_torch_autocast():
     torch = pytest.importorskip("torch")
     P = {k: torch.tensor(v, requires_grad=True) for k, v in feeds.items()
          if k.startswith("fc") and "." in k and k.count(".") == 1}
-    h = torch.tensor(feeds["x"])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        for i in (1, 2, 3):
-            h = torch.nn.functional.linear(h, P[f"fc{i}.weight"], P[f"fc{i}.bias"])
-            h = torch.relu(h) if i < 3 else h
-        loss = torch.nn.functional.cross_entropy(h.float(), torch.tensor(feeds["target"]))
+    loss = autocast_mlp_loss(torch, feeds["x"], feeds["target"], P)
     loss.backward()
     theirs = float(loss.detach())
     assert abs(float(ours["loss"]) - theirs) <= 5e-4 * abs(theirs), (ours["loss"], theirs)

@@ -25,7 +25,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 import pytest
-from helpers import mlp
+from helpers import autocast_mlp_loss, mlp
 from test_cuda_kernels import Job, parse_ptxas
 from test_cuda_mma import bf16, tf32
 
@@ -397,12 +397,7 @@ def test_relu_step_like_torch_autocast(prec, target):
     torch = pytest.importorskip("torch")
     P = {k: torch.tensor(v, requires_grad=True) for k, v in feeds.items()
          if k.startswith("fc") and ".velocity" not in k}
-    h = torch.tensor(feeds["x"])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        for i in (1, 2, 3):
-            h = torch.nn.functional.linear(h, P[f"fc{i}.weight"], P[f"fc{i}.bias"])
-            h = torch.relu(h) if i < 3 else h
-        loss = torch.nn.functional.cross_entropy(h.float(), torch.tensor(feeds["target"]))
+    loss = autocast_mlp_loss(torch, feeds["x"], feeds["target"], P)
     loss.backward()
     g = lc.training_graph(mlp((64, 96, 48, 10), seed=1), loss="cross-entropy", optimizer=None)
     ref = ReferenceExecutable(g, "float64").run({k: feeds[k] for k in (v.name for v in g.inputs)})
