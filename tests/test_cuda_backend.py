@@ -106,9 +106,7 @@ def nvcc_jobs(tmp_path_factory):
             for arch in ("sm_80", "sm_90")}
     yield src, jobs
     for j in jobs.values():
-        if j.proc.poll() is None:
-            j.proc.kill()
-            j.proc.wait()
+        j.stop()
 
 
 def test_zoo_emits_every_kernel(nvcc_jobs):

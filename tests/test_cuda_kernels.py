@@ -145,6 +145,12 @@ class Job:
         assert rc == 0, f"{self.what} failed ({' '.join(self.cmd)}):\n{out}\n{err}"
         return out + err
 
+    def stop(self):
+        """Kill the compile if it is still running (a fixture's teardown)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
 
 def find_nvcc():
     for cand in (shutil.which("nvcc"), "/usr/local/bin/nvcc", "/usr/local/cuda/bin/nvcc"):
@@ -215,9 +221,7 @@ def build(tmp_path_factory):
         )
     yield d, jobs
     for j in jobs.values():
-        if j.proc.poll() is None:
-            j.proc.kill()
-            j.proc.wait()
+        j.stop()
 
 
 F = ctypes.c_float

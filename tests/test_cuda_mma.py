@@ -100,9 +100,7 @@ def builds(tmp_path_factory):
                               f"ptx_{arch}.ptx"], d, f"nvcc -ptx {arch}")
     yield d, jobs
     for j in jobs.values():
-        if j.proc.poll() is None:
-            j.proc.kill()
-            j.proc.wait()
+        j.stop()
 
 
 @pytest.fixture(scope="module")

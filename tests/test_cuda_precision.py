@@ -78,9 +78,7 @@ def jobs(tmp_path_factory):
                             f"nvcc + ptxas {arch}")
     yield d, out
     for j in out.values():
-        if j.proc.poll() is None:
-            j.proc.kill()
-            j.proc.wait()
+        j.stop()
 
 
 class Lib:

@@ -85,9 +85,7 @@ def jobs(tmp_path_factory):
                              "-o lib90a.cubin"], d, "nvcc + ptxas sm_90a")
     yield d, out
     for j in out.values():
-        if j.proc.poll() is None:
-            j.proc.kill()
-            j.proc.wait()
+        j.stop()
 
 
 @pytest.fixture(scope="module")
