@@ -108,6 +108,11 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: str | N
     return imp.g.verify()
 
 
+def node_attrs(node: onnx.NodeProto) -> dict:
+    """A node's attributes by name, as Python values."""
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
 def _meta(proto: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 

@@ -22,6 +22,7 @@ from ..ops import OPS, get_op
 from ..ops.concat import last_axis
 from ..ops.preview import DOMAIN as PREVIEW
 from .onnx_import import DTYPES, Const, Importer
+from .onnx_import import node_attrs as _attrs
 from .onnx_ml import DOMAIN as ML
 from .onnx_ml import IMPORTERS as ML_IMPORTERS
 from .onnx_shapes import fold as fold_shape
@@ -30,9 +31,6 @@ from .onnx_shapes import reshape_target
 #: What an import function returns: the node's output value(s), or None (see above).
 Result = Value | tuple[Value, ...] | None
 
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _rank(imp: Importer, name: str) -> int:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .onnx_import import Const, Importer
+from .onnx_import import node_attrs as _attrs
 
 Dim = int | str
 FOLDED = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity",
@@ -50,9 +50,6 @@ def _operand(imp: Importer, name: str) -> Dims | None:
         return Dims(tuple(int(v) for v in c.data.reshape(-1)), c.data.ndim == 0)
     return None
 
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def fold(imp: Importer, node: onnx.NodeProto) -> bool:
