@@ -51,7 +51,6 @@ def _operand(imp: Importer, name: str) -> Dims | None:
     return None
 
 
-
 def fold(imp: Importer, node: onnx.NodeProto) -> bool:
     """Fold ``node`` if it computes on shapes (see the module docstring); True if it did."""
     if node.domain not in ("", "ai.onnx") or node.op_type not in FOLDED:
