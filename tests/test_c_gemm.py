@@ -23,11 +23,11 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C co
 
 BIG = 1 << 30
 TINY = {"mr": 2, "nr": 16, "kc": 8, "mc": 4, "nc": 32, "direct_max_m": 4,
-        "direct_max_kn": BIG, "dot_max_m": 4}
+        "direct_max_kn": BIG, "dot_max_m": 4, "pack_a_min_n": 32}
 #: every path at once: nt by dot products, nn/tn with B in place, at any size
 UNPACKED = {**TILES, "direct_max_m": BIG, "direct_max_kn": BIG, "dot_max_m": BIG}
-#: everything packed (no dot products, no B in place)
-PACKED = {**TILES, "direct_max_m": 0, "dot_max_m": 0}
+#: everything packed (no dot products, no A or B in place)
+PACKED = {**TILES, "direct_max_m": 0, "dot_max_m": 0, "pack_a_min_n": 1}
 V3 = ["-O2", "-march=x86-64-v3"]
 NATIVE = ["-O2", "-march=native"]
 #: name -> (tiles, flags); tiles None: what the generator picks for the flags (untuned)
@@ -53,7 +53,8 @@ void f_{lay}(int M, int N, int K, float alpha, const float *A, int lda, const fl
                       threads);
 }}""" for lay in ("nt", "nn", "tn", "tt"))
 SHAPES = [(1, 1, 1), (3, 17, 5), (7, 33, 64), (37, 45, 29), (65, 130, 9), (130, 20, 300),
-          (300, 70, 17), (64, 128, 784), (9, 49, 515), (17, 97, 33), (41, 530, 21)]
+          (300, 70, 17), (64, 128, 784), (9, 49, 515), (17, 97, 33), (41, 530, 21),
+          (20, 400, 300)]
 
 
 def x86() -> bool:
