@@ -8,10 +8,11 @@ Prints:
 - the host's fp32 FMA peak per core (``benchmarks/peak.c``, built with the same ``-march``
   as the generated code);
 - ``Y = X·Wᵀ + b``, ``dX = dY·W`` and ``dW = dYᵀ·X`` at (N, C_in, C_out) = (64, 784, 128),
-  (256, 1024, 1024), (1024, 2048, 2048): GFLOP/s of the generated kernels, % of the peak,
-  numpy, onnxruntime and torch, and the ratio to the best of the three (bars: ≥ 0.95× the
-  best library everywhere, ≥ 80 % of peak at the two larger shapes); then the same on all
-  the cores this process may use (``os.sched_getaffinity``);
+  (256, 1024, 1024), (1024, 2048, 2048): GFLOP/s of the generated kernels, % of the peak
+  (the FMA loop of peak.c timed in the same interleaved rounds, the median of both, on as
+  many threads as the row), numpy, onnxruntime and torch, and the ratio to the best of
+  the three (bars: ≥ 0.95× the best library everywhere, ≥ 80 % of peak at the two larger
+  shapes); then the same on all the cores this process may use (``os.sched_getaffinity``);
 - the training step of a 784-128-10 MLP at batch 64 (cross-entropy, SGD) through
   ``Executable.run``, through ``bind()`` (in place, and not), onnxruntime running
   lincompile's exported training graph and torch eager, on one thread and on all (bars:
@@ -108,6 +109,39 @@ def peak(march: list[str], threads: int = 1, seconds: float = 0.3) -> float:
     return sum(float(p.communicate()[0].split()[0]) for p in procs)
 
 
+class PeakProbe:
+    """benchmarks/peak.c as a library: ``call(threads)`` is a function that runs the FMA
+    loop on ``threads`` threads at once (about 10 ms each), to be timed in the same
+    interleaved rounds as the products, so each row's % of peak compares two medians taken
+    at the same time (the host's speed drifts over a run)."""
+
+    def __init__(self, march: list[str]):
+        import ctypes
+
+        so = Path(tempfile.mkdtemp(prefix="lc-peak-")) / "peak.so"
+        subprocess.run(["cc", "-O2", *march, "-shared", "-fPIC", "-o", str(so),
+                        str(HERE / "peak.c")], check=True)
+        lib = ctypes.CDLL(str(so))
+        lib.peak_run.argtypes, lib.peak_run.restype = [ctypes.c_long, ctypes.c_float], \
+            ctypes.c_float
+        self._run, per_iter = lib.peak_run, lib.peak_flops_per_iter()
+        self._run(1 << 16, 0.5)   # warm up (clock ramp)
+        t0 = time.perf_counter()
+        self._run(1 << 16, 0.5)
+        self.iters = max(1, int((1 << 16) * 1e-2 / max(time.perf_counter() - t0, 1e-9)))
+        self.flops_per_call = per_iter * self.iters
+        self._pools: dict[int, object] = {}
+
+    def call(self, threads: int) -> Callable[[], object]:
+        if threads == 1:
+            return lambda: self._run(self.iters, 0.5)
+        from concurrent.futures import ThreadPoolExecutor  # ctypes releases the GIL
+
+        pool = self._pools.setdefault(threads, ThreadPoolExecutor(threads))
+        return lambda: [f.result() for f in [pool.submit(self._run, self.iters, 0.5)
+                                             for _ in range(threads)]]
+
+
 # ------------------------------------------------------------------------------- products
 def product_graphs(n: int, cin: int, cout: int):
     """The three Linear products as graphs, with numpy and torch equivalents."""
@@ -167,7 +201,7 @@ def numpy_threads(n: int):
     return threadpool_limits(n)
 
 
-def bench_products(a, threads: int, pk: float) -> list[list[str]]:
+def bench_products(a, threads: int, probe: PeakProbe) -> list[list[str]]:
     import lincompile as lc
 
     torch = _torch(threads)
@@ -186,15 +220,17 @@ def bench_products(a, threads: int, pk: float) -> list[list[str]]:
             fns["onnxruntime"] = (lambda s=sess, f=feeds: s.run(None, f), threads)
             if torch is not None:
                 fns["torch"] = (torch_fns(feeds)[key], threads)
+            fns["peak"] = (probe.call(threads), threads)
             t = interleaved(fns, a.repeat, a.timer)
             if limit is not None:
                 limit.restore_original_limits()
             gf = {k: flops / v / 1e9 for k, v in t.items()}
+            gf["peak"] = probe.flops_per_call * threads / t["peak"] / 1e9
             # with --avx2, onnxruntime keeps its own (wider) kernels: not a fair "best"
-            best = max(v for k, v in gf.items() if k != "c" and not (
+            best = max(v for k, v in gf.items() if k not in ("c", "peak") and not (
                 a.avx2 and k == "onnxruntime"))
             row = [name, f"{n}×{cin}×{cout}", f"{gf['c']:.1f}",
-                   f"{100 * gf['c'] / (pk * threads):.0f} %"]
+                   f"{100 * gf['c'] / gf['peak']:.0f} %", f"{gf['peak']:.1f}"]
             row += [f"{gf[k]:.1f}" if k in gf else "–" for k in ("numpy", "onnxruntime",
                                                                  "torch")]
             row.append(f"{gf['c'] / best:.2f}")
@@ -431,19 +467,22 @@ def main() -> None:
         print(f"\nload average at the end: {end:.1f}")
         return
     pk = peak(march)
-    print(f"fp32 FMA peak: {pk:.1f} GFLOP/s per core (benchmarks/peak.c, {' '.join(march)})\n")
+    print(f"fp32 FMA peak: {pk:.1f} GFLOP/s per core (benchmarks/peak.c, {' '.join(march)}, "
+          "best of 0.3 s of trials); each row's % of peak is of the 'peak' column: the same "
+          "FMA loop timed in that row's interleaved rounds, as the products\n")
     if not a.no_products:
-        head = ["product", "N×C_in×C_out", "C GFLOP/s", "% of peak", "numpy", "onnxruntime",
-                "torch", "C / best"]
+        probe = PeakProbe(march)
+        head = ["product", "N×C_in×C_out", "C GFLOP/s", "% of peak", "peak", "numpy",
+                "onnxruntime", "torch", "C / best"]
         if a.avx2:
             print("(--avx2: numpy and torch limited to AVX2; onnxruntime keeps its own "
                   "kernels and is left out of 'C / best')\n")
         print("Linear products, 1 thread:\n")
-        print(table(head, bench_products(a, 1, pk)))
+        print(table(head, bench_products(a, 1, probe)))
         if a.threads > 1:
             print(f"\nLinear products, {a.threads} threads (% of {a.threads} × peak; wall "
                   "clock):\n")
-            print(table(head, bench_products(a, a.threads, pk)))
+            print(table(head, bench_products(a, a.threads, probe)))
     print("\nMLP 784-128-10 training step, batch 64, cross-entropy + SGD (µs per step):\n")
     counts = [1] + ([a.threads] if a.threads > 1 else [])
     res = {n: bench_train_step(a, n) for n in counts}

@@ -5,7 +5,9 @@
  *   cc -O2 -march=native -o peak benchmarks/peak.c && ./peak [seconds]
  *
  * Prints one line: "<GFLOP/s> <vector width in floats>". benchmarks/bench_c.py builds
- * and runs it with the same -march as the generated code. */
+ * it with the same -march as the generated code, and also as a shared library
+ * (-shared -fPIC) whose peak_run(iters) does peak_flops_per_iter() * iters flops, so
+ * that the peak can be timed in the same interleaved rounds as the products. */
 #define _POSIX_C_SOURCE 199309L
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,7 +71,7 @@ static double now(void)
 #define STEP(c) acc##c = FMA(acc##c, a, b); __asm__("" : "+v"(acc##c));
 #define ADD(c) s += SUM(acc##c);
 
-static float run(long iters, float x)
+float peak_run(long iters, float x)
 {
     vf a = SET1(x), b = SET1(1.0f - x);
     float s = 0;
@@ -81,15 +83,21 @@ static float run(long iters, float x)
     return s;
 }
 
+/* Floating-point operations per iteration of peak_run. */
+long peak_flops_per_iter(void)
+{
+    return 2L * VL * CHAINS;
+}
+
 int main(int argc, char **argv)
 {
     double budget = argc > 1 ? atof(argv[1]) : 0.3, best = 0, start = now();
     long iters = 1 << 16;
     float sink = 0;
-    sink += run(iters, 0.5f);   /* warm up (clock ramp) */
+    sink += peak_run(iters, 0.5f);   /* warm up (clock ramp) */
     while (now() - start < budget) {
         double t0 = now();
-        sink += run(iters, 0.5f);
+        sink += peak_run(iters, 0.5f);
         double dt = now() - t0, gf = 2.0 * VL * CHAINS * iters / dt / 1e9;
         if (dt < 1e-3)
             iters *= 2;
