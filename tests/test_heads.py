@@ -77,6 +77,34 @@ def test_no_head_where_the_outputs_are_not_a_classifiers(tail, outputs):
     assert find_head(m) is None
 
 
+@pytest.mark.parametrize("target, stacked", [([-1, 1], True), ([-1], True), ([-1, 3], False),
+                                             ([0, 3], False)])
+def test_a_regression_output_stacking_its_rows_is_fitted_before_the_reshape(target, stacked):
+    """skl2onnx's MLPRegressor ends in Reshape [-1, 1] whatever its number of outputs: [N, 3]
+    becomes [3N, 1], a batch dim merged with others. The tensor before it is what is fitted
+    (one row of 3 targets per example); a Reshape keeping the rows is imported as it is."""
+    out = ("y", F, [None, 1] if target == [-1, 1] else [None] if target == [-1] else ["N", 3])
+    m = chain([helper.make_node("Reshape", ["z", "shape"], ["y"])], [out],
+              {"shape": np.array(target, np.int64)})
+    head = find_head(m)
+    if not stacked:
+        assert head is None and [v.name for v in lc.load_onnx(m).outputs] == ["y"]
+        return
+    assert head is not None and (head.logits, head.kind, head.nodes, head.outputs) == \
+        ("z", "none", ["Reshape"], ["y"])
+    g = lc.load_onnx(m)
+    x = RNG.standard_normal((6, 4)).astype(np.float32)
+    want = ort_run(m, {"x": x})["y"]   # the file's own output: the rows stacked
+    got = lc.compile(g, "reference").run({"x": x})["z"]
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5)
+    lc.training_graph(g, loss="mse", optimizer=lc.SGD())   # fitted as [N, 3] by mse
+    # one value per row: stacking changes no shape that matters, the output stays the file's
+    one = chain([helper.make_node("ReduceSum", ["z", "axes"], ["z1"], keepdims=1),
+                 helper.make_node("Reshape", ["z1", "shape"], ["y"])], [out],
+                {"shape": np.array(target, np.int64), "axes": np.array([1], np.int64)})
+    assert find_head(one) is None
+
+
 def test_logits_by_name_and_a_name_that_is_no_tensor():
     m = chain([helper.make_node("Softmax", ["z"], ["p"])], [("p",)])
     g = lc.load_onnx(m, logits="h")

@@ -45,7 +45,7 @@ def estimator(name: str):
         RidgeClassifier,
         SGDClassifier,
     )
-    from sklearn.neural_network import MLPClassifier
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
@@ -62,18 +62,23 @@ def estimator(name: str):
         "sgd2": (SGDClassifier(random_state=0, max_iter=20), Y2, "binary"),
         "svc2": (LinearSVC(), Y2, "binary"),
         "ridgec3": (RidgeClassifier(), Y3, "multi"),
+        # skl2onnx stacks its two outputs per row into one column: Reshape [-1, 1]
+        "mlpreg2": (MLPRegressor(hidden_layer_sizes=(5,), max_iter=20, random_state=0), YR,
+                    "mse"),
     }[name]
 
 
 #: The classifier head each file ends in: what cross-entropy trains the logits as.
 HEADS = {"scaler_mlp": "softmax", "scaler_logreg3": "softmax", "logreg2": "sigmoid",
-         "sgd3": "scores", "sgd2": "sigmoid", "svc2": "sigmoid", "ridgec3": "scores"}
+         "sgd3": "scores", "sgd2": "sigmoid", "svc2": "sigmoid", "ridgec3": "scores",
+         "mlpreg2": "none"}
 #: What onnxruntime's ``probabilities`` output is, from the logits z: the probabilities, or
 #: (no post-transform) the scores [−z, z], z as one column, or z.
 ORT_SCORES = {"sgd2": "pair", "svc2": "column", "sgd3": "scores", "ridgec3": "scores"}
 #: More forms, imported and written back (not trained by the CLI here).
 MORE = ["sgd2", "svc2", "ridgec3"]
-MODELS = ["scaler_mlp", "scaler_logreg3", "logreg2", "linreg1", "linreg2", "ridge", "sgd3"]
+MODELS = ["scaler_mlp", "scaler_logreg3", "logreg2", "linreg1", "linreg2", "ridge", "sgd3",
+          "mlpreg2"]
 
 
 def sk_file(name: str, tmp_path, zipmap: bool = False):
@@ -125,9 +130,9 @@ def test_import_computes_the_producers_outputs(name, tmp_path):
     for target in TARGETS:
         out = lc.compile(g, target).run({"X": X})[g.outputs[0].name]
         what = f"{name} on {target}"
-        if kind == "mse":  # the regression itself
+        if kind == "mse":  # the regression itself (the file's rows stacked, for mlpreg2)
             close(out, est.predict(X).reshape(len(X), -1), what)
-            close(out, ort_out["variable"], what + " vs onnxruntime")
+            close(out, ort_out["variable"].reshape(out.shape), what + " vs onnxruntime")
             continue
         z = out[:, 0] if kind == "binary" else out
         if hasattr(est, "decision_function"):  # the logits are the decision function
@@ -178,7 +183,7 @@ def twin(path, name: str):
 
     at = attributes(path)
     inits = _inits(path)
-    if name == "scaler_mlp":
+    if name in ("scaler_mlp", "mlpreg2"):
         body, mapping = chain_from_file(path, ["relu"])
         read = lambda p: {k: f(_inits(p)[src]) for k, (src, f) in mapping.items()}
     elif name.startswith("sgd"):   # MatMul of coef [C_in, K], Add of intercept [K]
@@ -295,7 +300,8 @@ def test_cli_train_writes_a_drop_in_trained_like_torch(name, target, tmp_path, c
                                 for k, v in want.items()})
         logits = module(torch.from_numpy(X)).numpy()
     if kind == "mse":
-        close(b["variable"], logits, name)
+        close(b["variable"].reshape(logits.shape), logits, name)
+        assert b["variable"].shape == a["variable"].shape   # the file's own output shape
         return
     label = "output_label" if "output_label" in b else "label"
     probs = (np.concatenate([sigmoid(-logits), sigmoid(logits)], 1) if kind == "binary" else
@@ -323,7 +329,7 @@ def test_write_back_of_the_start_values_is_bit_for_bit(name, tmp_path):
     ia, ib = _inits(path), _inits(dst)
     assert {k: (v.dtype, bits(v)) for k, v in ia.items()} == \
         {k: (v.dtype, bits(v)) for k, v in ib.items()}
-    if not name.startswith(("sgd", "scaler_mlp")):   # attributes only: the very same model
+    if not name.startswith(("sgd", "scaler_mlp", "mlpreg")):   # attributes only: the same
         assert onnx.load(dst) == onnx.load(path)
 
 

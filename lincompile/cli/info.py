@@ -88,7 +88,7 @@ def _print_head(graph) -> None:
         print(f"logits: {logits}" + (" (trained by cross-entropy)"
                                      if "lincompile.logits" in graph.meta else ""))
     if head:
-        what = ("after the chosen logits" if head["kind"] == "none" else
+        what = (f"after {logits}" if head["kind"] == "none" else
                 f"classifier head ({head['kind']})")
         print(f"{what}, left out (a trained copy keeps it): {', '.join(head['nodes'])}"
               + (f" -> {', '.join(head['outputs'])}" if head["outputs"] else ""))

@@ -11,6 +11,12 @@ classifiers end in an ``ai.onnx.ml`` ``LinearClassifier`` (its scores before ``p
 are the logits) or, for ``SGDClassifier``, in an ``ArgMax`` of decision scores (kind
 ``scores``), and a two-class one in the scores ``[−z, z]`` (kind ``sigmoid``).
 
+A regressor's output that stacks the rows of a wider tensor into one column (skl2onnx ends
+an ``MLPRegressor`` in ``Reshape [-1, 1]`` whatever its number of outputs) merges the batch
+with the other dims, which has no symbolic shape: the tensor before that ``Reshape`` is what
+is fitted (kind ``none``, the targets one row per example), the ``Reshape`` stays in the
+file.
+
 >>> from onnx import helper, TensorProto
 >>> vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3])
 >>> nodes = [helper.make_node("Relu", ["x"], ["z"]), helper.make_node("Softmax", ["z"], ["p"])]
@@ -23,6 +29,7 @@ are the logits) or, for ``SGDClassifier``, in an ``ArgMax`` of decision scores (
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import onnx
@@ -79,6 +86,7 @@ class _Model:
 
     def __init__(self, proto: onnx.ModelProto):
         g = proto.graph
+        self.proto = proto
         self.nodes = list(g.node)
         self.producer = {o: n for n in self.nodes for o in n.output if o}
         self.consts = {t.name: t for t in g.initializer}
@@ -217,6 +225,35 @@ def find_head(proto: onnx.ModelProto, logits: str | None = None) -> Head | None:
 
 
 def _auto(m: _Model) -> Head | None:
+    head = _classifier(m)
+    return head if head is not None else _stacked_rows(m)
+
+
+#: Reshape targets that stack every row of a batch into one column (or one vector).
+STACKED = ([-1, 1], [-1])
+
+
+def _stacked_rows(m: _Model) -> Head | None:
+    """The one output made by ``Reshape`` to ``[-1, 1]`` or ``[-1]`` of a tensor with more
+    than one value per row: that tensor, as what is fitted."""
+    n = m.op(m.outputs[0]) if len(m.outputs) == 1 else None
+    if n is None or n.op_type != "Reshape" or n.input[1] not in m.consts \
+            or numpy_helper.to_array(m.consts[n.input[1]]).tolist() not in STACKED:
+        return None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m.proto).graph
+    except Exception:   # onnx raises several kinds: no shape, no head
+        return None
+    shape = next((v.type.tensor_type.shape for v in inferred.value_info
+                  if v.name == n.input[0]), None)
+    row = [d.dim_value if d.HasField("dim_value") else 0 for d in shape.dim[1:]] \
+        if shape is not None else []
+    if not row or 0 in row or math.prod(row) < 2 or n.input[0] not in m.producer:
+        return None
+    return _head(m, n.input[0], "none")
+
+
+def _classifier(m: _Model) -> Head | None:
     found = set()
     for out in m.outputs:
         end = m.back(out, TAIL)
