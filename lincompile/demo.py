@@ -60,7 +60,7 @@ def run(epochs: int = 10, optimizer: str = "adam", out: str | Path = "lincompile
     progress.say(f"  training  {train_path.name}: cross-entropy + {optimizer} (lr {opt.lr:g}), "
                  f"batch {batch_size}, {epochs} epochs")
     trained = [k for k in train.initial_state if k in model.params]
-    scorer = Scorer(model, trained, "onnx", "cross-entropy", binary=False)
+    scorer = Scorer(model, trained, "onnx", "cross-entropy", threshold=None)
     state, history = fit(train, scorer, x_train, y_train, x_test, y_test, epochs=epochs,
                          batch_size=batch_size, seed=seed, target="onnx", progress=progress,
                          where="test")

@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import LincompileError
 from .ir import Graph
+from .training import binary_probability
 
 
 class DataError(LincompileError):
@@ -118,7 +119,8 @@ def check(x: np.ndarray, y: np.ndarray, model: Graph, loss: str, head: dict
     if len(x) != len(y):
         raise DataError(f"data: x has {len(x)} rows but y has {len(y)}")
     x = _fit_features(x, inp)
-    y = _classes(y, out, head) if loss == "cross-entropy" else _values(y, out)
+    binary = head.get("kind") == "sigmoid" or binary_probability(model) is not None
+    y = _classes(y, out, head, binary) if loss == "cross-entropy" else _values(y, out)
     return x, y
 
 
@@ -133,7 +135,7 @@ def _fit_features(x: np.ndarray, inp) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=inp.dtype)
 
 
-def _classes(y: np.ndarray, out, head: dict) -> np.ndarray:
+def _classes(y: np.ndarray, out, head: dict, binary: bool) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -145,7 +147,7 @@ def _classes(y: np.ndarray, out, head: dict) -> np.ndarray:
                         "labels (use --loss mse for numeric targets)")
     y = y.astype(np.int64)
     width = out.shape[-1]
-    n = 2 if head.get("kind") == "sigmoid" and width == 1 else width
+    n = 2 if binary and width == 1 else width
     classes = head.get("classes")  # the head's labels, where they name these logits
     if not classes or len(classes) != n:
         classes = list(range(n)) if isinstance(n, int) else None

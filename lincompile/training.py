@@ -24,7 +24,7 @@ import numpy as np
 
 from .autodiff import append_grads
 from .errors import LincompileError, OptimizerError
-from .ir import Graph, Value
+from .ir import Graph, Node, Value
 from .ops.base import fmt_shape
 
 LOSSES = {"cross-entropy": "softmax_cross_entropy", "mse": "mse"}
@@ -275,11 +275,27 @@ def _optimizer_meta(g: Graph, optimizer: Optimizer) -> None:
                                                 allow_nan=False)
 
 
+def binary_probability(g: Graph) -> Node | None:
+    """The node that makes ``g``'s output one column of probabilities ``σ(z)`` (torch's
+    ``nn.Sigmoid`` or Keras's sigmoid activation ending a binary classifier), if it does:
+    cross-entropy trains such a model as the binary cross-entropy of ``z``."""
+    out = g.outputs[0] if len(g.outputs) == 1 else None
+    n = g.producers().get(out.name) if out is not None and len(out.shape) == 2 \
+        and out.shape[1] == 1 else None
+    head = json.loads(g.meta.get("lincompile.head", "{}")).get("kind", "none")
+    return n if n is not None and n.op == "sigmoid" and head == "none" else None
+
+
 def _loss_input(g: Graph, pred: Value, loss: str, name: str) -> Value:
     """What the loss reads: the prediction, or for cross-entropy the logits (recorded as
     ``lincompile.logits``). A classifier head of one sigmoid column ``z`` (the probabilities
-    ``[1 − σ(z), σ(z)]``) gets the two logits ``[0, z]``, whose softmax is exactly that."""
+    ``[1 − σ(z), σ(z)]``) gets the two logits ``[0, z]``, whose softmax is exactly that; so
+    does an output ``σ(z)`` of one column (whose node the loss then does not need)."""
     kind = json.loads(g.meta.get("lincompile.head", "{}")).get("kind", "none")
+    sig = binary_probability(g) if loss == "cross-entropy" else None
+    if sig is not None:
+        g.nodes.remove(sig)
+        pred, kind = sig.inputs[0], "sigmoid"
     if loss == "mse":  # (kind "none": a tensor chosen by name)
         if kind != "none":
             raise LincompileError(
@@ -294,5 +310,6 @@ def _loss_input(g: Graph, pred: Value, loss: str, name: str) -> Value:
     if pred.shape[-1:] == (1,):
         raise LincompileError(
             f"'{pred.name}' {fmt_shape(pred.shape)} is one logit: cross-entropy needs one per "
-            "class; use --loss mse (loss='mse') for one output, or give the model two logits")
+            "class (or one column of sigmoid probabilities); use --loss mse (loss='mse') for "
+            "one output, or give the model two logits")
     return pred

@@ -34,7 +34,7 @@ from .files import refuse_inputs
 from .ir import Graph
 from .progress import Progress
 from .train_data import load_data
-from .training import SGD, Adam, AdamW, Optimizer, training_graph
+from .training import SGD, Adam, AdamW, Optimizer, binary_probability, training_graph
 from .validate import PRECISION_TARGETS
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
@@ -57,19 +57,21 @@ class Scorer:
     """The model's metric on rows ``x, y``, with the parameters fed as inputs, so one build
     serves every epoch on every target."""
 
-    def __init__(self, model: Graph, trained: list[str], target: str, loss: str, binary: bool):
+    def __init__(self, model: Graph, trained: list[str], target: str, loss: str,
+                 threshold: float | None):
         g = model.clone()
         self.names = list(trained)  # frozen parameters stay constants of the scorer
         g.inputs += [g.params.pop(k).value for k in self.names]
         self.exe = compile(g.verify(), target)
         self.x, self.out = model.inputs[0].name, model.outputs[0].name
-        self.loss, self.binary = loss, binary
+        self.loss, self.threshold = loss, threshold   # binary: class 1 above it
 
     def __call__(self, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
         pred = self.exe.run({self.x: x, **{k: params[k] for k in self.names}})[self.out]
         if self.loss == "mse":
             return float(np.sqrt(np.mean((pred.astype(np.float64) - y) ** 2)))
-        classes = (pred[:, 0] > 0).astype(np.int64) if self.binary else np.argmax(pred, axis=1)
+        classes = (pred[:, 0] > self.threshold).astype(np.int64) if self.threshold is not None \
+            else np.argmax(pred, axis=1)
         return float(np.mean(classes == y))
 
 
@@ -218,8 +220,10 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
     head = json.loads(graph.meta.get("lincompile.head", "{}"))
     x, y = load_data(data, graph, loss, head, x_key, y_key)
     x_tr, y_tr, x_val, y_val = split(x, y, val_split, seed)
+    threshold = (0.0 if head.get("kind") == "sigmoid" else   # the logit z, or σ(z)
+                 0.5 if loss == "cross-entropy" and binary_probability(graph) else None)
     scorer = Scorer(graph, [k for k in step.initial_state if k in graph.params], target, loss,
-                    head.get("kind") == "sigmoid")
+                    threshold)
     progress = Progress(stream, epochs)
     where = "val" if val_split else "train"
     _header(progress, path or graph.name, data, x, (len(x_tr), len(x_val) if val_split else 0),

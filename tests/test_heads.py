@@ -166,3 +166,78 @@ def test_one_logit_without_a_sigmoid_head_is_refused():
     m.graph.output.append(helper.make_tensor_value_info("z", F, ["N", 1]))
     with pytest.raises(lc.LincompileError, match="'z' \\[N, 1\\] is one logit.*--loss mse"):
         lc.training_graph(lc.load_onnx(m), loss="cross-entropy", optimizer=lc.SGD())
+
+
+# ------------------------------------------------- one column of sigmoid probabilities
+def _binary_module():
+    import torch
+
+    class Binary(torch.nn.Module):   # torch's usual binary classifier: σ(z), one column
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(4, 6), torch.nn.Linear(6, 1)
+
+        def forward(self, x):
+            return torch.sigmoid(self.fc2(torch.relu(self.fc1(x))))
+
+    torch.manual_seed(3)
+    return Binary()
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_sigmoid_probability_output_trains_as_binary_cross_entropy(exporter, tmp_path,
+                                                                     capsys):
+    """torch's ``nn.Sigmoid`` (Keras's sigmoid activation) ending a one-column binary
+    classifier: the model still computes the probabilities, cross-entropy trains them as
+    ``nn.BCELoss`` does (the binary cross-entropy of the logit before the sigmoid), and
+    ``lincompile train`` writes a copy that gives what torch's model gives after the same
+    steps. Oracle: torch, taking the same optimizer steps."""
+    torch = pytest.importorskip("torch")
+    from conftest import TARGETS as ALL
+    from helpers import export_torch
+
+    from lincompile.cli import main
+
+    module = _binary_module()
+    x = RNG.standard_normal((16, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * x[:, 1] > 0).astype(np.int64)
+    path = export_torch(module, torch.from_numpy(x[:2]), tmp_path / "binary.onnx", exporter)
+    g = lc.load_onnx(path)
+    assert "lincompile.head" not in g.meta   # nothing left out: the file's own output
+    want = module(torch.from_numpy(x)).detach().numpy()
+    opt = torch.optim.SGD(module.parameters(), lr=0.5, momentum=0.9)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy(module(torch.from_numpy(x))[:, 0],
+                                                        torch.from_numpy(y).float())
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    final = {k: v.detach().numpy() for k, v in module.named_parameters()}
+    train = lc.training_graph(g, "cross-entropy", lc.SGD(0.5, momentum=0.9))
+    assert "sigmoid" not in [n.op for n in train.nodes if n.op != "sigmoid_grad"]
+    for target in ALL:
+        got = lc.compile(g, target).run({"x": x})[g.outputs[0].name]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=target)
+        step, state = lc.compile(train, target), start_state(train)
+        for lv in losses:
+            out = step.run({"x": x, "target": y, **state})
+            assert abs(float(out["loss"]) - lv) <= 1e-4 * max(1, abs(lv)), (target, lv)
+            state = {k: out.get(f"{k}.next", v) for k, v in state.items()}
+        for k, w in final.items():
+            assert np.abs(state[k] - w).max() <= 1e-4, (target, k)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    out = tmp_path / "trained.onnx"
+    assert main(["train", str(path), "--data", str(tmp_path / "data.npz"), "-o", str(out),
+                 "--loss", "cross-entropy", "--optimizer", "sgd", "--lr", "0.5", "--momentum",
+                 "0.9", "--epochs", "3", "--batch-size", "16", "--val-split", "0"]) == 0
+    with torch.no_grad():
+        np.testing.assert_allclose(ort_run(onnx.load(out), {"x": x})[g.outputs[0].name],
+                                   module(torch.from_numpy(x)).numpy(), atol=1e-5)
+    np.savez(tmp_path / "bad.npz", x=x, y=np.where(y == 1, 2, 0))   # labels 0 and 2
+    assert main(["train", str(path), "--data", str(tmp_path / "bad.npz"), "-o",
+                 str(tmp_path / "t2.onnx"), "--loss", "cross-entropy", "--optimizer",
+                 "sgd"]) != 0
+    assert "label 2 is not a class of the model (classes: 0..1)" in capsys.readouterr().err
+    lc.training_graph(g, "mse", lc.SGD())   # mse still fits the probabilities themselves
