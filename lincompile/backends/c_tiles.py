@@ -11,7 +11,9 @@ the host's caches (the decisions; the template holds the code).
   packing; ``direct_max_m``: ``nn``/``tn`` products with at most this many rows read B in
   place, if B's ``K`` × ``N`` floats fill at most half of L2: ``direct_max_kn``) come from a
   short measurement on the host (see :mod:`.c_tune`) or, without it,
-  from defaults.
+  from defaults;
+- whether ``nt``/``nn`` pack A, whose rows run along k (``pack_a_min_n``: from that many
+  columns on, 0 never), follows the register count of the ISA.
 """
 
 from __future__ import annotations
