@@ -444,7 +444,7 @@ def pow_(imp: Importer, node: onnx.NodeProto) -> Result:
     """``x ** p`` by a constant scalar exponent (a Constant or an initializer)."""
     x = imp.value(node.input[0])
     c = imp.const(node.input[1])
-    if c is None or imp.is_input(node.input[1]):
+    if c is None:
         raise imp.unsupported(f"only a Pow by a constant exponent is imported ('{node.input[1]}' "
                               "is computed or fed)")
     if c.data.size != 1 or c.data.ndim > len(x.shape):

@@ -131,33 +131,70 @@ def _pow_grad_ref(dy, x, *, exponent):
         return (dy * (p * pow_ref(x, exponent - 1))).astype(dy.dtype)
 
 
-def _pow_body(f):
-    (x,) = f.inputs
-    f.node("Pow", [x, f.attr("exponent", x)], f.outputs)
+def _pow_of(f, x: str, p, form: str) -> str:
+    """``x^p()`` in a function body (``p`` makes the exponent's tensor): ``Sqrt`` where
+    torch takes its sqrt/rsqrt shortcut (``Pow`` gives +Inf and 0 at x = −Inf where torch's
+    sqrt gives NaN), else ``Pow``."""
+    if form == "sqrt":
+        return f.node("Sqrt", [x], ["sqrt_x"])
+    if form == "rsqrt":
+        return f.node("Reciprocal", [f.node("Sqrt", [x], ["sqrt_x"])], ["rsqrt_x"])
+    return f.node("Pow", [x, p()], ["x_p"])
 
 
-def _pow_grad_body(f):
-    dy, x = f.inputs   # p == 0 ? 0 : dy · (p · x^(p − 1))
-    p = f.attr("exponent", x)
-    one, zero = const(f, 1, "one", x), const(f, 0, "zero", x)
-    d = f.node("Mul", [p, f.node("Pow", [x, f.node("Sub", [p, one], ["pm1"])], ["xp"])], ["d"])
-    f.node("Where", [f.node("Equal", [p, zero], ["p0"]), const(f, 0, "zero_dy", dy),
-                     f.node("Mul", [dy, d], ["dyd"])], f.outputs)
+#: the ONNX function of each exponent form with a body of its own (the others: PowScalar)
+POW_FUNCTIONS = {"sqrt": "PowSqrt", "rsqrt": "PowRsqrt"}
+#: the same for the gradient, by the form of x^(p − 1)
+POW_GRAD_FUNCTIONS = {"sqrt": "PowScalarGradSqrt", "rsqrt": "PowScalarGradRsqrt"}
+
+
+def _pow_body(form: str):
+    def body(f):
+        (x,) = f.inputs
+        p = lambda: f.attr("exponent", x)   # (read by the Pow form only)
+        f.node("Identity", [_pow_of(f, x, p, form)], f.outputs)
+    return body
+
+
+def _pow_onnx(b, ins, outs, exponent):
+    form = pow_form(exponent)
+    if form in POW_FUNCTIONS:   # the exponent is the function's own (function_attrs)
+        b.call(POW_FUNCTIONS[form], ins, outs, _pow_body(form))
+    else:
+        b.call("PowScalar", ins, outs, _pow_body("pow"), exponent=exponent)
+
+
+def _pow_grad_body(form: str):
+    def body(f):
+        dy, x = f.inputs   # p == 0 ? 0 : dy · (p · x^(p − 1))
+        p = f.attr("exponent", x)
+        one, zero = const(f, 1, "one", x), const(f, 0, "zero", x)
+        xp = _pow_of(f, x, lambda: f.node("Sub", [p, one], ["pm1"]), form)
+        d = f.node("Mul", [p, xp], ["d"])
+        f.node("Where", [f.node("Equal", [p, zero], ["p0"]), const(f, 0, "zero_dy", dy),
+                         f.node("Mul", [dy, d], ["dyd"])], f.outputs)
+    return body
+
+
+def _pow_grad_onnx(b, ins, outs, exponent):
+    form = pow_form(exponent - 1) if exponent != 0 else "pow"
+    fn = POW_GRAD_FUNCTIONS.get(form, "PowScalarGrad")
+    b.call(fn, ins, outs, _pow_grad_body(form if fn != "PowScalarGrad" else "pow"),
+           exponent=exponent)
 
 
 pow_grad = register(OpDef(
     "pow_grad", ("dy", "x"), _pow_infer, _pow_grad_ref,
-    onnx=lambda b, ins, outs, exponent: b.call("PowScalarGrad", ins, outs, _pow_grad_body,
-                                               exponent=exponent),
-    onnx_functions=("PowScalarGrad",), attrs={"exponent": 1.0}, kernel="pointwise_grad",
+    onnx=_pow_grad_onnx, onnx_functions=("PowScalarGrad", *POW_GRAD_FUNCTIONS.values()),
+    attrs={"exponent": 1.0}, kernel="pointwise_grad",
     doc="dpow: exponent == 0 ? 0 : dy · exponent · x^(exponent − 1) (torch's pow_backward)",
 ))
 
 pow_ = register(OpDef(
     "pow", ("x",), _pow_infer, lambda x, *, exponent: pow_ref(x, exponent),
     grad=(lambda g, dy, x, *, exponent, **_: g.apply("pow_grad", [dy, x], exponent=exponent),),
-    onnx=lambda b, ins, outs, exponent: b.call("PowScalar", ins, outs, _pow_body,
-                                               exponent=exponent),
-    onnx_functions=("PowScalar",), attrs={"exponent": 1.0}, kernel="pointwise",
+    onnx=_pow_onnx, onnx_functions=("PowScalar", *POW_FUNCTIONS.values()),
+    function_attrs={"PowSqrt": {"exponent": 0.5}, "PowRsqrt": {"exponent": -0.5}},
+    attrs={"exponent": 1.0}, kernel="pointwise",
     doc="x^exponent, a constant exponent (torch's x ** p, x.pow(p); ONNX Pow by a constant)",
 ))
