@@ -72,12 +72,20 @@ div = register(OpDef(
 ))
 
 
+def _lift(g, v, like):
+    """``v`` with leading 1s up to the rank of ``like`` (what broadcast_to takes)."""
+    lead = len(like.shape) - len(v.shape)
+    if not lead:
+        return v
+    return g.reshape(v, [1] * lead + [-1 if isinstance(d, str) else d for d in v.shape])
+
+
 def _minmax_grad(op: str, first: bool):
     """d max(a, b) (``op`` "max_grad") or d min(a, b) for a (``first``) or b: a kernel on
     dy's shape (each side broadcast to it first), summed back to the side's shape."""
     def rule(g, dy, a, b, **_):
         x, other = (a, b) if first else (b, a)
-        full = [v if tuple(v.shape) == tuple(dy.shape) else g.broadcast_to(v, dy)
+        full = [v if tuple(v.shape) == tuple(dy.shape) else g.broadcast_to(_lift(g, v, dy), dy)
                 for v in (x, other)]
         return unbroadcast(g, g.apply(op, [dy, *full]), x)
     return rule
