@@ -11,6 +11,8 @@ import of both torch exporters' files, and three SGD steps of such a model like 
 from __future__ import annotations
 
 import functools
+import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -144,6 +146,28 @@ def test_saved_graph_loads_back_as_the_same_ops(portable, tmp_path):
     back = lc.load_onnx(lc.save_onnx(g, tmp_path / "math.onnx", portable=portable))
     key = lambda n: (n.op, str(sorted(n.attrs.items())))
     assert sorted(map(key, back.nodes)) == sorted(map(key, g.nodes))
+
+
+def test_nvcc_compiles_the_math_kernels_for_sm80(tmp_path):
+    """The generated CUDA of every op and gradient here builds with nvcc, with no warning
+    about a generated kernel."""
+    from lincompile.backends import cuda
+    from lincompile.backends.cuda_build import find_nvcc
+
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found: cannot compile the generated CUDA on this machine")
+    src = cuda._CudaSource({"step": grad_graph()}, "model", "sm_80", cuda.GPU_TILES)
+    for name, text in src.files().items():
+        (tmp_path / name).write_text(text)
+    res = subprocess.run([nvcc, *cuda.NVCC_FLAGS, "-arch=sm_80", "-Xcompiler", "-fPIC", "-c",
+                          "model.cu", "-o", "model.o"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    kernels = set(re.findall(r"\b(k\d+_\w+)\(", src.files()["model.cu"]))
+    assert {"pow", "pow_grad", "max", "max_grad", "abs_grad"} <= {
+        k.split("_", 1)[1] for k in kernels}
+    assert not any(k in res.stderr for k in kernels), res.stderr[-3000:]
 
 
 # ------------------------------------------------------------------ torch
