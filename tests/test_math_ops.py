@@ -148,6 +148,19 @@ def test_saved_graph_loads_back_as_the_same_ops(portable, tmp_path):
     assert sorted(map(key, back.nodes)) == sorted(map(key, g.nodes))
 
 
+def test_generated_c_is_warning_free(tmp_path):
+    """-std=c99 -Wall -Wextra -pedantic -Werror, float32 and float64 (the pow forms, the
+    unused operands of pow by 0)."""
+    from lincompile.backends.c import write_c_sources
+
+    for dtype in ("float32", "float64"):
+        write_c_sources({"step": grad_graph(dtype)}, tmp_path / dtype)
+        res = subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic",
+                              "-Werror", "-fopenmp", "-c", "model.c"], cwd=tmp_path / dtype,
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+
 def test_nvcc_compiles_the_math_kernels_for_sm80(tmp_path):
     """The generated CUDA of every op and gradient here builds with nvcc, with no warning
     about a generated kernel."""
