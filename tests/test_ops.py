@@ -159,6 +159,7 @@ def test_forward_and_gradient_on_backend(case, target):
 
 def test_every_declared_op_is_covered():
     from test_activations_more import covered_ops as more_acts  # and these there
+    from test_math_ops import covered_ops as math_ops  # and the math ops there
     from test_ops_mlp import covered_ops  # the MLP ops are checked there
 
     used = set()
@@ -167,4 +168,4 @@ def test_every_declared_op_is_covered():
         used |= {n.op for n in lc.grad(g, of="L", wrt=wrt).nodes}
     optim = {"sgd", "adam", "adamw"}  # covered by tests/test_training.py
     optim |= {"adagrad", "onnx_momentum", "onnx_adam"}  # by tests/test_preview_ops.py
-    assert set(lc.ops.OPS) - used - optim - covered_ops() - more_acts() == set()
+    assert set(lc.ops.OPS) - used - optim - covered_ops() - more_acts() - math_ops() == set()

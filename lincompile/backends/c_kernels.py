@@ -298,7 +298,8 @@ def _binary(step: CStep, ctx: Context) -> dict[str, str]:
     loops, (yi, ai, bi) = loop_nest(ctx.lang, y.shape, [
         broadcast_strides(y.shape, y.shape), broadcast_strides(a.shape, y.shape),
         broadcast_strides(b.shape, y.shape)])
-    return {"op": step.node.op, "loops": loops, "y": ctx.ptr(y), "yi": yi, "a": ctx.ptr(a),
+    return {"op": step.node.op, "T": CTYPES[y.dtype].c, "loops": loops, "y": ctx.ptr(y),
+            "yi": yi, "a": ctx.ptr(a),
             "ai": ai, "b": ctx.ptr(b), "bi": bi}
 
 
@@ -465,6 +466,7 @@ def _pointwise(step: CStep, ctx: Context) -> dict[str, str]:
     by its name in the op, each float attribute a literal of the op's dtype by its name."""
     from ..ops.activations import K_ALPHA, K_BETA, K_KAPPA, SQRT1_2
     from ..ops.activations_exp import elu_constants
+    from ..ops.math_unary import pow_form
 
     n = step.node
     y = step.outputs[0]
@@ -474,7 +476,12 @@ def _pointwise(step: CStep, ctx: Context) -> dict[str, str]:
               **{k: v for k, v in n.attrs.items() if isinstance(v, float)}}
     if n.op.split("_")[0] in ("elu", "selu", "celu"):
         consts.update(zip(("alpha", "scale", "input_scale"), elu_constants(n.op, **n.attrs)))
-    d = {**_common(y, ctx), "op": n.op, "tanh": n.attrs.get("approximate") == "tanh",
+    forms = {}
+    if n.op in ("pow", "pow_grad"):   # torch's shortcut of x^p and of x^(p − 1)
+        p = n.attrs["exponent"]
+        consts["exponent_m1"] = p - 1
+        forms = {"form": pow_form(p), "form_grad": "zero" if p == 0 else pow_form(p - 1)}
+    d = {**_common(y, ctx), "op": n.op, "tanh": n.attrs.get("approximate") == "tanh", **forms,
          **{k: c_literal(v, ct) for k, v in consts.items()}}
     for name, v in zip(get_op(n.op).inputs, step.inputs):
         d[name.rstrip("?")] = ctx.ptr(v)

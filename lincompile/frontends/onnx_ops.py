@@ -440,6 +440,38 @@ def prelu(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("prelu", [imp.value(node.input[0]), slope])
 
 
+def pow_(imp: Importer, node: onnx.NodeProto) -> Result:
+    """``x ** p`` by a constant scalar exponent (a Constant or an initializer)."""
+    x = imp.value(node.input[0])
+    c = imp.const(node.input[1])
+    if c is None:
+        raise imp.unsupported(f"only a Pow by a constant exponent is imported ('{node.input[1]}' "
+                              "is computed or fed)")
+    if c.data.size != 1 or c.data.ndim > len(x.shape):
+        raise imp.unsupported(f"only a Pow by a scalar exponent is imported ('{node.input[1]}' "
+                              f"has shape {list(c.data.shape)})")
+    if not np.issubdtype(c.data.dtype, np.number) or not np.isfinite(c.data).all():
+        raise imp.unsupported(f"the exponent '{node.input[1]}' must be a finite number")
+    return imp.emit("pow", [x], exponent=float(c.data.reshape(())))
+
+
+def min_max(op: str):
+    """``Max``/``Min`` of two tensors (torch.maximum/minimum; numpy broadcasting)."""
+    def run(imp: Importer, node: onnx.NodeProto) -> Result:
+        if len(node.input) != 2:
+            raise imp.unsupported(f"only a {node.op_type} of two inputs is imported (got "
+                                  f"{len(node.input)})")
+        return imp.emit(op, [imp.value(i) for i in node.input])
+    return run
+
+
+#: torch's simple math on tensors (``-x``, ``abs``, ``sqrt``, ``x ** 2``, ``maximum``, ...)
+MATH = {
+    "Abs": _unary("abs"), "Log": _unary("log"), "Max": min_max("max"), "Min": min_max("min"),
+    "Neg": _unary("neg"), "Pow": pow_, "Reciprocal": _unary("reciprocal"),
+    "Sqrt": _unary("sqrt"),
+}
+
 ACTIVATIONS = {
     "Celu": _alpha_op("celu"), "Clip": clip, "Elu": _alpha_op("elu"), "Exp": _unary("exp"),
     "HardSigmoid": hard_sigmoid, "HardSwish": _unary("hardswish"), "Mish": _unary("mish"),
@@ -612,6 +644,7 @@ IMPORTERS.update({
     "Softmax": _softmax("softmax"), "Swish": swish,
 })
 IMPORTERS.update(ACTIVATIONS)
+IMPORTERS.update(MATH)
 #: The ONNX ops a user's model may contain, by domain (lincompile's own files also call its
 #: model-local ``lincompile.*`` functions, which are not listed: no other producer writes them).
 SUPPORTED = {"": sorted([*IMPORTERS, "Constant"]), ML: sorted(ML_IMPORTERS),

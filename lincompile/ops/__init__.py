@@ -9,6 +9,7 @@ from . import (  # noqa: F401
     elementwise,
     linear,
     loss,
+    math_unary,
     norm,
     optim,
     preview,

@@ -72,6 +72,80 @@ div = register(OpDef(
 ))
 
 
+def _lift(g, v, like):
+    """``v`` with leading 1s up to the rank of ``like`` (what broadcast_to takes)."""
+    lead = len(like.shape) - len(v.shape)
+    if not lead:
+        return v
+    return g.reshape(v, [1] * lead + [-1 if isinstance(d, str) else d for d in v.shape])
+
+
+def _minmax_grad(op: str, first: bool):
+    """d max(a, b) (``op`` "max_grad") or d min(a, b) for a (``first``) or b: a kernel on
+    dy's shape (each side broadcast to it first), summed back to the side's shape."""
+    def rule(g, dy, a, b, **_):
+        x, other = (a, b) if first else (b, a)
+        full = [v if tuple(v.shape) == tuple(dy.shape) else g.broadcast_to(_lift(g, v, dy), dy)
+                for v in (x, other)]
+        return unbroadcast(g, g.apply(op, [dy, *full]), x)
+    return rule
+
+
+def _minmax_grad_infer(dy, x, other):
+    expect(dy)
+    same_shape(dy, other)
+    return [(same_dtype(dy, x, other), same_shape(dy, x))]
+
+
+def _minmax_grad_ref(op: str):
+    def ref(dy, x, other):   # torch: the losing side 0, ties dy / 2, NaN (no order) dy
+        lose = x < other if op == "max_grad" else x > other
+        return np.where(lose, 0, np.where(x == other, dy / 2, dy)).astype(dy.dtype)
+    return ref
+
+
+def _minmax_grad_body(op: str):
+    def body(f):
+        dy, x, other = f.inputs
+        lose = f.node("Less" if op == "max_grad" else "Greater", [x, other], ["lose"])
+        zero = f.node("CastLike", [f.const(np.zeros((), np.float32), "zero"), dy], ["zero_dy"])
+        two = f.node("CastLike", [f.const(np.array(2, np.float32), "two"), dy], ["two_dy"])
+        tie = f.node("Where", [f.node("Equal", [x, other], ["eq"]),
+                               f.node("Div", [dy, two], ["half_dy"]), dy], ["tie"])
+        f.node("Where", [lose, zero, tie], f.outputs)
+    return body
+
+
+def _minmax(name: str, onnx_op: str, forward, doc: str):
+    grad = f"{name}_grad"
+    fn = f"{onnx_op}Grad"
+    register(OpDef(
+        grad, ("dy", "x", "other"), _minmax_grad_infer, _minmax_grad_ref(grad),
+        onnx=lambda b, ins, outs: b.call(fn, ins, outs, _minmax_grad_body(grad)),
+        onnx_functions=(fn,), kernel="pointwise_grad",
+        doc=f"d{name} for x: x {'<' if name == 'max' else '>'} other ? 0 : "
+            "x == other ? dy / 2 : dy (torch's; NaN gives dy)",
+    ))
+    return register(OpDef(
+        name, ("a", "b"), _div_infer, forward,
+        grad=(_minmax_grad(grad, True), _minmax_grad(grad, False)),
+        onnx=lambda b, ins, outs: b.node(onnx_op, ins, outs), kernel="binary", doc=doc,
+    ))
+
+
+def _nan_first(pick):
+    """numpy's maximum/minimum: NaN where either is NaN (as torch's)."""
+    return lambda a, b: pick(a, b).astype(np.result_type(a, b))
+
+
+maximum = _minmax("max", "Max", _nan_first(np.maximum),
+                  "elementwise max(a, b), NaN where either is (torch.maximum; numpy "
+                  "broadcasting)")
+minimum = _minmax("min", "Min", _nan_first(np.minimum),
+                  "elementwise min(a, b), NaN where either is (torch.minimum; numpy "
+                  "broadcasting)")
+
+
 def _unary_infer(x):
     expect(x)
     return [(x.dtype, x.shape)]
