@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C co
 
 BIG = 1 << 30
 TINY = {"mr": 2, "nr": 16, "kc": 8, "mc": 4, "nc": 32, "direct_max_m": 4,
-        "direct_max_kn": BIG, "dot_max_m": 4, "pack_a_min_n": 32}
+        "direct_max_kn": BIG, "dot_max_m": 4, "pack_a_min_n": 32, "row_kernels": 1}
 #: every path at once: nt by dot products, nn/tn with B in place, at any size
 UNPACKED = {**TILES, "direct_max_m": BIG, "direct_max_kn": BIG, "dot_max_m": BIG}
 #: everything packed (no dot products, no A or B in place)
@@ -36,7 +36,8 @@ BUILDS = {
     "picked": (None, NATIVE),
     "packed": (PACKED, [*NATIVE, "-fopenmp"]),
     "unpacked": (UNPACKED, [*NATIVE, "-fopenmp"]),
-    "12x32": ({**PACKED, "mr": 12, "nr": 32, "kc": 96, "mc": 36, "nc": 64}, NATIVE),
+    "12x32": ({**PACKED, "mr": 12, "nr": 32, "kc": 96, "mc": 36, "nc": 64, "row_kernels": 1},
+              NATIVE),
     "x86-64-v3": (None, [*V3, "-fopenmp"]),
     "vec4": (None, ["-O2"]),
     "portable": (None, ["-O2", "-DLC_GEMM_PORTABLE"]),

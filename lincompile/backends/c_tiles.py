@@ -38,6 +38,11 @@ REGISTER_TILES = {"avx512": (8, 48), "avx2": (6, 16), "avx": (6, 16), "vec4": (6
 #: packing A measured 2–7 % faster there from 128 columns (8 column tiles) on and slower
 #: below. The AVX-512 kernel keeps them in registers and gains nothing from the copy.
 PACK_A_MIN_N = {"avx512": 0, "avx2": 128, "avx": 128, "vec4": 128, "scalar": 0}
+#: whether a last partial sliver of rows gets a kernel per row count (1) instead of a padded
+#: tile (0): with MR = 6 every usual batch (32, 64, 128, 256, ...) leaves 2 or 4 rows (6 % on
+#: dX at 64 rows); with MR = 8 they leave none, and the 7 kernels would cost 20 % more
+#: compile time of the GEMM for every build.
+ROW_KERNELS = {"avx512": 0, "avx2": 1, "avx": 1, "vec4": 1, "scalar": 0}
 #: the defaults the thresholds take without a measurement
 DEFAULT_DOT_MAX_M = 16
 DEFAULT_DIRECT_MAX_M = 64
@@ -46,7 +51,7 @@ DEFAULT_CACHES = {"L1": 32 * 1024, "L2": 1024 * 1024, "L3": 8 * 1024 * 1024}
 
 #: the tiles before any host information: what tests and docs may use as a fixed point
 TILES = {"mr": 8, "nr": 48, "kc": 384, "mc": 1536, "nc": 480, "direct_max_m": 64,
-         "direct_max_kn": 262144, "dot_max_m": 16, "pack_a_min_n": 0}
+         "direct_max_kn": 262144, "dot_max_m": 16, "pack_a_min_n": 0, "row_kernels": 0}
 
 
 @cache
@@ -148,7 +153,7 @@ def gemm_tiles(cflags: Sequence[str], tune: bool | None = None) -> dict[str, int
     mr, nr = REGISTER_TILES[isa]
     tiles = {"mr": mr, "nr": nr, **blocking(mr, nr, host_caches()),
              "direct_max_m": DEFAULT_DIRECT_MAX_M, "dot_max_m": DEFAULT_DOT_MAX_M,
-             "pack_a_min_n": PACK_A_MIN_N[isa]}
+             "pack_a_min_n": PACK_A_MIN_N[isa], "row_kernels": ROW_KERNELS[isa]}
     if tune is None:
         tune = os.environ.get("LINCOMPILE_TUNE", "1") != "0"
     if tune and isa != "scalar":   # plain C has no dot path and little to gain
