@@ -225,16 +225,95 @@ def slice_(imp: Importer, node: onnx.NodeProto) -> Result:
     return imp.emit("slice_last", [x], start=start, stop=max(start, stop))
 
 
-def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
+def _reduce_args(imp: Importer, node: onnx.NodeProto) -> tuple[list[int] | None, bool, bool]:
+    """A Reduce* node's axes (None: all), keepdims, and whether it is a no-op (empty axes
+    with noop_with_empty_axes). The axes are an attribute before opset 13 (ReduceSum) or
+    18 (the others), an input since."""
     at = _attrs(node)
-    axes = at.get("axes")  # an attribute before opset 13, an input since
+    axes = at.get("axes")
     if len(node.input) > 1 and node.input[1]:
         axes = _ints(imp, node.input[1], "the axes")
+    noop = not axes and bool(at.get("noop_with_empty_axes", 0))
+    return (list(axes) if axes else None), bool(at.get("keepdims", 1)), noop
+
+
+def reduce_sum(imp: Importer, node: onnx.NodeProto) -> Result:
+    axes, keepdims, noop = _reduce_args(imp, node)
     x = imp.value(node.input[0])
-    if not axes and at.get("noop_with_empty_axes", 0):
+    if noop:
         return imp.emit("identity", [x])
-    return imp.emit("reduce_sum", [x], axes=list(axes) if axes else None,
-                    keepdims=bool(at.get("keepdims", 1)))
+    return imp.emit("reduce_sum", [x], axes=axes, keepdims=keepdims)
+
+
+def _feature_axes(imp: Importer, x: Value, axes: list[int] | None) -> list[int]:
+    """``axes`` of ``x``, refused unless every reduced dim is a fixed size (not the batch)."""
+    r = len(x.shape)
+    ax = list(range(r)) if axes is None else axes
+    if not r or any(not -r <= a < r for a in ax):
+        raise imp.unsupported(f"axes {ax} out of range for '{x.name}' {list(x.shape)}")
+    if any(not isinstance(x.shape[a], int) for a in ax):
+        raise imp.unsupported(f"it reduces '{x.name}' {list(x.shape)} over axes {ax}, which "
+                              "include the batch; only reductions over feature axes (fixed "
+                              "sizes, such as dim=-1) are imported")
+    return ax
+
+
+def reduce_mean(imp: Importer, node: onnx.NodeProto) -> Result:
+    """ReduceMean over feature axes: ``reduce_sum / n`` (torch's CPU mean, a sum and then a
+    division by the count)."""
+    axes, keepdims, noop = _reduce_args(imp, node)
+    x = imp.value(node.input[0])
+    if noop:
+        return imp.emit("identity", [x])
+    ax = _feature_axes(imp, x, axes)
+    total = imp.emit("reduce_sum", [x], axes=ax, keepdims=keepdims)
+    n = int(np.prod([x.shape[a] for a in ax]))
+    return imp.emit("div", [total, imp.scalar(n, total, "count")])
+
+
+def reduce_l2(imp: Importer, node: onnx.NodeProto) -> Result:
+    """ReduceL2 over the last axis with keepdims (torch's ``norm(dim=-1, keepdim=True)``, as
+    ``F.normalize`` writes it): ``norm_sqrt(reduce_sum(x · x))``, torch's values and
+    gradients (0 at an all-zero row)."""
+    axes, keepdims, noop = _reduce_args(imp, node)
+    x = imp.value(node.input[0])
+    if noop or axes is None or len(axes) != 1 or not keepdims:
+        raise imp.unsupported(f"only a ReduceL2 over the last axis with keepdims=1 is "
+                              f"imported (axes {axes}, keepdims {int(keepdims)})")
+    _last_axis(imp, x, axes[0], "ReduceL2")
+    _feature_axes(imp, x, axes)
+    squares = imp.emit("reduce_sum", [imp.emit("mul", [x, x])], axes=[-1], keepdims=True)
+    return imp.emit("norm_sqrt", [squares])
+
+
+def expand(imp: Importer, node: onnx.NodeProto) -> Result:
+    """Expand to a shape of the same rank (torch's ``F.normalize`` expands the norm to its
+    input's shape): the identity where nothing grows, else a ``broadcast_to`` like a tensor
+    of the target shape."""
+    x = imp.value(node.input[0])
+    dims = imp.shapes.get(node.input[1])
+    if dims is not None:
+        target = list(dims.values)
+    else:
+        target = _ints(imp, node.input[1], "the target shape")
+    if len(target) != len(x.shape):
+        raise imp.unsupported(f"an Expand of '{x.name}' {list(x.shape)} to {target}: only "
+                              "to a shape of the same rank")
+    out = [d if t == 1 else t for d, t in zip(x.shape, target)]
+    if out == list(x.shape):
+        return imp.emit("identity", [x])
+    # broadcast_to reads only the shape of its second input: any tensor of the target shape
+    # will do (the batch dim is the same symbol throughout). First the tensors the graph
+    # takes a Shape of (TorchScript's F.normalize), then those the result is combined with
+    # (dynamo's: Concat(Shape(x)[:1], [C]) for the hidden [N, C] it divides), then any.
+    users = [i for n in imp.consumers.get(node.output[0], []) for i in n.input]
+    shaped = [n.input[0] for n in imp.nodes if n.op_type == "Shape" and n.input]
+    for name in [*shaped, *users, *imp.g.values]:
+        like = imp.g.values.get(name)
+        if like is not None and list(like.shape) == out and like.dtype == x.dtype:
+            return imp.emit("broadcast_to", [x, like])
+    raise imp.unsupported(f"an Expand of '{x.name}' {list(x.shape)} to {target}: no tensor "
+                          "of that shape is known at this point of the graph")
 
 
 def softmax_cross_entropy(imp: Importer, node: onnx.NodeProto) -> Result:
@@ -407,7 +486,17 @@ def clip(imp: Importer, node: onnx.NodeProto) -> Result:
             v = c.data.reshape(-1)[0]
             value = _float(v) if v.dtype == np.float32 else float(v)
         bounds.append(value)
+    no_max = "max" not in at and not (len(node.input) > 2 and node.input[2])
+    if no_max and _of_norm(imp, node):
+        # torch's F.normalize writes clamp_min(norm, eps) as a Clip without a max: torch's
+        # clamp_min there (an infinite norm stays infinite, and passes its gradient on)
+        return imp.emit("max", [x, imp.scalar(bounds[0], x, "clamp_min")])
     return imp.emit("hardtanh", [x], min_val=bounds[0], max_val=bounds[1])
+
+
+def _of_norm(imp: Importer, node: onnx.NodeProto) -> bool:
+    """``node``'s first input is the output of a ReduceL2 (a norm)."""
+    return any(n.op_type == "ReduceL2" and node.input[0] in n.output for n in imp.nodes)
 
 
 def hard_sigmoid(imp: Importer, node: onnx.NodeProto) -> Result:
@@ -633,6 +722,7 @@ IMPORTERS = {
     "Gemm": gemm,
     "Identity": _unary("identity"),
     "MatMul": matmul, "Mul": _binary("mul"), "ReduceSum": reduce_sum, "Relu": _unary("relu"),
+    "ReduceMean": reduce_mean, "ReduceL2": reduce_l2, "Expand": expand,
     "Reshape": reshape, "Sigmoid": _unary("sigmoid"), "Slice": slice_,
     "SoftmaxCrossEntropyLoss": softmax_cross_entropy, "Sub": sub, "Tanh": _unary("tanh"),
     "Transpose": transpose,

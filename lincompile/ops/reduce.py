@@ -1,10 +1,19 @@
-"""reduce_sum and its adjoint broadcast_to."""
+"""reduce_sum and its adjoint broadcast_to; norm_sqrt, the square root that ends an L2 norm.
+
+ONNX's ReduceMean imports as ``reduce_sum / n`` (torch's CPU mean: a sum, then a division)
+and ReduceL2 as ``norm_sqrt(reduce_sum(x · x))``. ``norm_sqrt`` is ``sqrt`` whose gradient
+is 0 where its input is 0: torch's ``norm_backward``, ``x · (dy / ‖x‖)`` masked to 0 where
+``‖x‖ = 0``, where plain sqrt's ``dy / (2 · √0)`` would give NaN for an all-zero row. The
+chain ``2x · (dy / (2‖x‖))`` is torch's ``x · (dy / ‖x‖)`` exactly (halving and doubling
+are exact), NaN and ±Inf included.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import ShapeError
+from .activations_exp import const, grad_infer, unary_infer
 from .base import OpDef, dims_match, expect, fmt_shape, register
 from .elementwise import unbroadcast
 
@@ -74,4 +83,36 @@ reduce_sum = register(OpDef(
     grad=(_reduce_grad,),
     onnx=_reduce_onnx, attrs={"axes": None, "keepdims": False}, kernel="reduce_sum",
     doc="sum over axes (all when axes is None); axes=[0] is the sum over the batch",
+))
+
+
+def _norm_sqrt_grad_ref(dy, x):
+    with np.errstate(all="ignore"):
+        return np.where(x == 0, 0, dy / (2 * np.sqrt(x))).astype(dy.dtype)
+
+
+def _norm_sqrt_grad_body(f):
+    dy, x = f.inputs   # x == 0 ? 0 : dy / (2 · √x)
+    zero = const(f, 0, "zero", x)
+    two_sqrt = f.node("Mul", [const(f, 2, "two", x), f.node("Sqrt", [x], ["sqrt_x"])],
+                      ["two_sqrt"])
+    f.node("Where", [f.node("Equal", [x, zero], ["x0"]), const(f, 0, "zero_dy", dy),
+                     f.node("Div", [dy, two_sqrt], ["d"])], f.outputs)
+
+
+norm_sqrt_grad = register(OpDef(
+    "norm_sqrt_grad", ("dy", "x"), grad_infer, _norm_sqrt_grad_ref,
+    onnx=lambda b, ins, outs: b.call("NormSqrtGrad", ins, outs, _norm_sqrt_grad_body),
+    onnx_functions=("NormSqrtGrad",), kernel="pointwise_grad",
+    doc="dnorm_sqrt: x == 0 ? 0 : dy / (2 · √x) (torch's norm_backward at a zero norm)",
+))
+
+norm_sqrt = register(OpDef(
+    "norm_sqrt", ("x",), unary_infer, lambda x: np.sqrt(x),
+    grad=(lambda g, dy, x, **_: g.apply("norm_sqrt_grad", [dy, x]),),
+    onnx=lambda b, ins, outs: b.call("NormSqrt", ins, outs,
+                                     lambda f: f.node("Sqrt", f.inputs, f.outputs)),
+    onnx_functions=("NormSqrt",), kernel="pointwise", domains=("positive",),
+    doc="√x of a sum of squares (ONNX ReduceL2's root): gradient 0 where x is 0, as torch's "
+        "norm",
 ))
