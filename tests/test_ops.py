@@ -52,6 +52,9 @@ CASES = {
                              lambda f: f["x"].sum(1, keepdims=True)),
     "reduce_sum_all": (lambda g: g.reduce_sum(g.input("x", ["N", 4])),
                        lambda f: np.array(f["x"].sum())),
+    "l2_norm": (lambda g: g.apply("norm_sqrt", [g.reduce_sum(
+        g.mul(*[g.input("x", ["N", 4])] * 2), axes=[1], keepdims=True)]),
+        lambda f: np.sqrt((f["x"] * f["x"]).sum(1, keepdims=True))),
     "broadcast_to": (lambda g: g.broadcast_to(g.input("v", [1, 4]), g.input("like", ["N", 4])),
                      lambda f: np.tile(f["v"], (f["like"].shape[0], 1))),
     "add": (lambda g: g.add(g.input("a", ["N", 4]), g.input("b", ["N", 4])),
