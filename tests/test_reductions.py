@@ -178,6 +178,19 @@ def test_onnx_nodes_match_onnxruntime(op, keep, opset):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=t)
 
 
+def test_reduce_mean_over_several_feature_axes():
+    """ReduceMean over axes [1, 2] of [N, 3, 4] (keepdims 0): the sum over 12, then / 12."""
+    nodes, inits = _axes_form("ReduceMean", [1, -1], 18, keepdims=0)
+    nodes[0].output[0] = "y"
+    m = model(nodes, [("x", ["N", 3, 4])], [("y", ["N"])], inits)
+    x = np.random.default_rng(4).standard_normal((3, 3, 4)).astype(np.float32)
+    want = ort_run(m, {"x": x})["y"]
+    g = lc.load_onnx(m)
+    for t in TARGETS:
+        np.testing.assert_allclose(lc.compile(g, t).run({"x": x})["y"], want, rtol=1e-5,
+                                   atol=1e-6, err_msg=t)
+
+
 def _refusal(nodes, inits=(), shape=("N", 4), out=("N", 4)):
     m = model(nodes, [("x", list(shape))], [("y", list(out))], inits)
     with pytest.raises(UnsupportedOpError) as e:

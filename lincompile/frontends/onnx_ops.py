@@ -472,7 +472,8 @@ def softplus(imp: Importer, node: onnx.NodeProto) -> Result:
 
 def clip(imp: Importer, node: onnx.NodeProto) -> Result:
     """Clip (torch's Hardtanh, ReLU6, clamp): constant bounds, attributes before opset 11;
-    a missing bound is the dtype's lowest or highest value, as ONNX says."""
+    a missing bound is the dtype's lowest or highest value, as ONNX says. A Clip of a norm
+    (ReduceL2) without a max is torch's ``clamp_min`` of ``F.normalize``: ``max(norm, eps)``."""
     x = imp.value(node.input[0])
     if x.dtype not in ("float32", "float64"):
         raise imp.unsupported(f"'{x.name}' is {x.dtype}; only float tensors are clipped")
