@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import LincompileError
 from .ir import Graph
-from .training import binary_probability
+from .training import binary_output
 
 
 class DataError(LincompileError):
@@ -119,7 +119,7 @@ def check(x: np.ndarray, y: np.ndarray, model: Graph, loss: str, head: dict
     if len(x) != len(y):
         raise DataError(f"data: x has {len(x)} rows but y has {len(y)}")
     x = _fit_features(x, inp)
-    binary = head.get("kind") == "sigmoid" or binary_probability(model) is not None
+    binary = binary_output(model) is not None
     y = _classes(y, out, head, binary) if loss == "cross-entropy" else _values(y, out)
     return x, y
 
@@ -147,7 +147,7 @@ def _classes(y: np.ndarray, out, head: dict, binary: bool) -> np.ndarray:
                         "labels (use --loss mse for numeric targets)")
     y = y.astype(np.int64)
     width = out.shape[-1]
-    n = 2 if binary and width == 1 else width
+    n = 2 if binary else width
     classes = head.get("classes")  # the head's labels, where they name these logits
     if not classes or len(classes) != n:
         classes = list(range(n)) if isinstance(n, int) else None

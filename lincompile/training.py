@@ -286,6 +286,18 @@ def binary_probability(g: Graph) -> Node | None:
     return n if n is not None and n.op == "sigmoid" and head == "none" else None
 
 
+def binary_output(g: Graph) -> str | None:
+    """What ``g``'s one output column is to cross-entropy over two classes: ``"logit"`` (z
+    before a two-class sigmoid head left in the file), ``"probability"`` (σ(z), see
+    :func:`binary_probability`), or None (not a binary classifier's column)."""
+    out = g.outputs[0] if len(g.outputs) == 1 else None
+    if out is None or out.shape[-1:] != (1,):
+        return None
+    if json.loads(g.meta.get("lincompile.head", "{}")).get("kind") == "sigmoid":
+        return "logit"
+    return "probability" if binary_probability(g) is not None else None
+
+
 def _loss_input(g: Graph, pred: Value, loss: str, name: str) -> Value:
     """What the loss reads: the prediction, or for cross-entropy the logits (recorded as
     ``lincompile.logits``). A classifier head of one sigmoid column ``z`` (the probabilities

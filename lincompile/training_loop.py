@@ -34,7 +34,7 @@ from .files import refuse_inputs
 from .ir import Graph
 from .progress import Progress
 from .train_data import load_data
-from .training import SGD, Adam, AdamW, Optimizer, binary_probability, training_graph
+from .training import SGD, Adam, AdamW, Optimizer, binary_output, training_graph
 from .validate import PRECISION_TARGETS
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
@@ -220,8 +220,7 @@ def train(model: str | os.PathLike | Graph, data, *, loss: str = "cross-entropy"
     head = json.loads(graph.meta.get("lincompile.head", "{}"))
     x, y = load_data(data, graph, loss, head, x_key, y_key)
     x_tr, y_tr, x_val, y_val = split(x, y, val_split, seed)
-    threshold = (0.0 if head.get("kind") == "sigmoid" else   # the logit z, or σ(z)
-                 0.5 if loss == "cross-entropy" and binary_probability(graph) else None)
+    threshold = {"logit": 0.0, "probability": 0.5}.get(binary_output(graph))   # z or σ(z)
     scorer = Scorer(graph, [k for k in step.initial_state if k in graph.params], target, loss,
                     threshold)
     progress = Progress(stream, epochs)
