@@ -237,7 +237,8 @@ def _stacked_rows(m: _Model) -> Head | None:
     """The one output made by ``Reshape`` to ``[-1, 1]`` or ``[-1]`` of a tensor with more
     than one value per row: that tensor, as what is fitted."""
     n = m.op(m.outputs[0]) if len(m.outputs) == 1 else None
-    if n is None or n.op_type != "Reshape" or n.input[1] not in m.consts \
+    if n is None or n.op_type != "Reshape" or n.input[0] not in m.producer \
+            or n.input[1] not in m.consts \
             or numpy_helper.to_array(m.consts[n.input[1]]).tolist() not in STACKED:
         return None
     try:
@@ -248,7 +249,7 @@ def _stacked_rows(m: _Model) -> Head | None:
                   if v.name == n.input[0]), None)
     row = [d.dim_value if d.HasField("dim_value") else 0 for d in shape.dim[1:]] \
         if shape is not None else []
-    if not row or 0 in row or math.prod(row) < 2 or n.input[0] not in m.producer:
+    if not row or 0 in row or math.prod(row) < 2:
         return None
     return _head(m, n.input[0], "none")
 
