@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import subprocess
+from pathlib import Path
+
 import numpy as np
 
 import lincompile as lc
@@ -147,3 +151,13 @@ def autocast_mlp_loss(torch, x: np.ndarray, target: np.ndarray, params: dict, la
             h = torch.nn.functional.linear(h, params[f"fc{i}.weight"], params[f"fc{i}.bias"])
             h = torch.relu(h) if i < layers else h
         return torch.nn.functional.cross_entropy(h.float(), torch.tensor(target))
+
+
+def build_c_library(src: str, flags: list[str], folder: Path) -> ctypes.CDLL:
+    """``src`` built as a shared library in ``folder`` (C99, every warning an error), loaded."""
+    (folder / "g.c").write_text(src)
+    r = subprocess.run(["cc", *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC",
+                        "-shared", str(folder / "g.c"), "-o", str(folder / "g.so"), "-lm"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return ctypes.CDLL(str(folder / "g.so"))

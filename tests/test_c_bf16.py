@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import autocast_mlp_loss, mlp
+from helpers import autocast_mlp_loss, build_c_library, mlp
 from test_cuda_mma import bf16, special_floats
 from test_cuda_precision import (
     ACTS,
@@ -106,13 +106,7 @@ def lib(request, tmp_path_factory):
     flags = [*BUILDS[name][0], "-fopenmp"]
     tiles = c_tiles.gemm_tiles(flags, tune=False)
     src = render("c/gemm.c.j2", **tiles) + "\n" + render("c/gemm_bf16.c.j2", ncp=2) + WRAP
-    d = tmp_path_factory.mktemp(name)
-    (d / "g.c").write_text(src)
-    r = subprocess.run(["cc", *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC",
-                        "-shared", str(d / "g.c"), "-o", str(d / "g.so"), "-lm"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    so = ctypes.CDLL(str(d / "g.so"))
+    so = build_c_library(src, flags, tmp_path_factory.mktemp(name))
     so.t_pack.restype, so.t_pack.argtypes = ctypes.c_size_t, [ctypes.c_long] * 3 + [
         ctypes.c_int]
     so.t_kernel.restype = ctypes.c_char_p

@@ -10,10 +10,10 @@ from __future__ import annotations
 import ctypes
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from helpers import build_c_library
 
 from lincompile.backends import c_tiles, c_tune
 from lincompile.backends.c import TILES
@@ -72,13 +72,7 @@ def lib(request, tmp_path_factory):
         assert c_tiles.target_isa(flags) == "avx2"
     tiles = tiles or c_tiles.gemm_tiles(flags, tune=False)
     src = render("c/gemm.c.j2", **tiles) + "\nstatic float pack[1 << 22];\n" + WRAP
-    d = tmp_path_factory.mktemp(name)
-    (d / "g.c").write_text(src)
-    r = subprocess.run(["cc", *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC",
-                        "-shared", str(d / "g.c"), "-o", str(d / "g.so"), "-lm"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return name, "-fopenmp" in flags, ctypes.CDLL(str(d / "g.so"))
+    return name, "-fopenmp" in flags, build_c_library(src, flags, tmp_path_factory.mktemp(name))
 
 
 def call(lib, lay, a, b, c, alpha, beta, bias, act, threads=1):
