@@ -419,6 +419,17 @@ class Workspaces:
         return loc.addr
 
 
+def empty_aligned(shape: tuple[int, ...], dtype: Any, align: int = 64) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data starts at a multiple of ``align``
+    bytes (numpy's own allocations start 16 bytes past a line about as often as not, and
+    every vector load or store of such an array then straddles two cache lines)."""
+    dt = np.dtype(dtype)
+    nbytes = math.prod(shape) * dt.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dt).reshape(shape)
+
+
 def allocate(nbytes: int, what: str, n: int) -> np.ndarray:
     """``nbytes`` of host memory for a workspace; out of memory is a FeedError."""
     try:
@@ -634,11 +645,11 @@ class _Call:
                 ptrs.append(a.ctypes.data)
                 continue
             for entry in pool:   # a buffer nobody but the pool holds any more
-                if refs(entry[0]) == free:
+                if refs(entry[0]) == free[0] and refs(entry[2]) == free[1]:
                     break
             else:
-                a = np.empty(shape, dt)
-                entry = (a, a.ctypes.data)
+                a = empty_aligned(shape, dt)
+                entry = (a, a.ctypes.data, a.base)   # views of a hold a.base, not a
                 if len(pool) < self.POOL:
                     pool.append(entry)
             outs.append(entry[0])
@@ -660,19 +671,22 @@ def _label_guards(graph: Graph, labels: list[str]) -> list[str] | None:
     return sorted({guard[name] for name in labels})
 
 
-def _probe_refcount() -> int | None:
-    """What ``sys.getrefcount(entry[0])`` says, in :meth:`_Call._call`'s loop, of a buffer
-    that only its pool entry holds; None when this interpreter's counts cannot tell a
-    held buffer from a free one (then no buffer is reused: every call allocates)."""
+def _probe_refcount() -> tuple[int, int] | None:
+    """What ``sys.getrefcount`` says, in :meth:`_Call._call`'s loop, of a pooled output
+    and of the memory it views when only the pool entry holds them; None when this
+    interpreter's counts cannot tell a held buffer from a free one (then no buffer is
+    reused: every call allocates)."""
     if getattr(sys, "_is_gil_enabled", lambda: True)() is False:
         return None   # free-threaded: reference counts are deferred
     refs = sys.getrefcount
-    for entry in [(np.empty(1), 0)]:
-        free = refs(entry[0])
-        held = entry[0]
-        ok = refs(entry[0]) == free + 1
-        del held
-        return free if ok and refs(entry[0]) == free else None
+    a = empty_aligned((2,), np.float32)
+    for entry in [(a, 0, a.base)]:
+        del a
+        free = refs(entry[0]), refs(entry[2])
+        held, view = entry[0], entry[0][1:]   # the caller keeps the array, or a view of it
+        ok = (refs(entry[0]), refs(entry[2])) == (free[0] + 1, free[1] + 1)
+        del held, view
+        return free if ok and (refs(entry[0]), refs(entry[2])) == free else None
     return None
 
 
@@ -687,7 +701,7 @@ class Bound:
         feeds = check_feeds(g, feeds, exe._rules)
         self.n = n = exe.batch(feeds)
         self._ws = allocate(exe.workspace_size(n) + 64, exe._what, n)
-        self.inputs = {v.name: np.array(feeds[v.name], order="C") for v in g.inputs}
+        self.inputs = {v.name: _aligned_copy(feeds[v.name]) for v in g.inputs}
         alias = dict(exe.plan.inplace) if inplace else {}
         self.outputs = {}
         for j, v in enumerate(g.outputs):
@@ -695,7 +709,8 @@ class Bound:
                 self.outputs[v.name] = self.inputs[g.inputs[alias[j]].name]
             else:
                 shape = tuple(n if isinstance(d, str) else d for d in v.shape)
-                self.outputs[v.name] = np.zeros(shape, v.dtype)
+                self.outputs[v.name] = out = empty_aligned(shape, v.dtype)
+                out[...] = 0
         ptrs = [a.ctypes.data for a in self.inputs.values()]
         ptrs += [self.outputs[v.name].ctypes.data for v in g.outputs]
         ws = self._ws.ctypes.data
@@ -704,6 +719,14 @@ class Bound:
 
     def __call__(self) -> None:
         self._call(*self._args)
+
+
+def _aligned_copy(a: Any) -> np.ndarray:
+    """A 64-byte aligned C-contiguous copy of the (checked) feed ``a``."""
+    a = np.asarray(a)
+    out = empty_aligned(a.shape, a.dtype)
+    out[...] = a
+    return out
 
 
 def compile(graph: Graph, threads: int | None = None, cflags: Sequence[str] | None = None,
