@@ -77,6 +77,29 @@ def test_every_op_forward_and_gradient_at_odd_batches(dtype):
             check(exe, g, b, seed=b)
 
 
+def test_elementwise_steps_write_over_inputs_read_for_the_last_time():
+    """An elementwise step's output takes the workspace slot of a same-shape input it reads
+    last (relu_grad over dy, gelu over a sum, ...), never one of another shape (a broadcast)
+    or one still read later; the results stay those of float64."""
+    g = lc.Graph("chain", seed=3)
+    x = g.input("x", ["N", 12])
+    h = g.gelu(g.linear(x, 9, name="fc1"))
+    s = g.silu(h)
+    b = g.add(s, g.input("row", [9]))                   # broadcast: a slot of its own
+    h = g.relu(g.mul(b, g.leaky_relu(b)))               # relu writes over the product
+    g.output(g.linear(h, 4, name="fc2"))
+    t = lc.training_graph(g, loss="mse", optimizer=lc.SGD(0.1))
+    exe = lc.compile(t, "c")
+    where = exe.plan.where
+    shared = [(s.node.op, v.name) for s in exe.entry.steps if s.elementwise
+              for v in s.inputs if where[v.name].kind == "slot"
+              and where[v.name] == where[s.outputs[0].name]]
+    assert len(shared) >= 4, shared   # forward activations and their gradients
+    assert where[b.name] != where[s.name]
+    for b in BATCHES:
+        check(exe, t, b, seed=b)
+
+
 @pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh"])
 def test_fused_epilogue_and_gradients_at_tile_edges(act):
     m = mlp((70, 130, 10), act=act, seed=2)
@@ -172,6 +195,7 @@ def test_run_hands_out_a_buffer_again_only_once_dropped():
     seen = addresses(exe.run(feeds))   # dropped at once: its buffers may come back
     out = exe.run(feeds)
     assert addresses(out) & seen, "dropped output buffers are used again"
+    assert all(a % 64 == 0 for a in addresses(out)), "outputs start on a cache line"
     held = addresses(out)
     assert not addresses(exe.run(feeds)) & held, "a held output was handed out again"
 

@@ -107,7 +107,8 @@ def lower(graph: Graph, precision: str = "fp32") -> list[CStep]:
             fused.add(id(users[0]))
         step.view = n.op in VIEWS
         step.elementwise = n.op in OPTIMIZERS or (
-            get_op(n.op).kernel in ("binary", "activation", "activation_grad")
+            get_op(n.op).kernel in ("binary", "activation", "activation_grad", "pointwise",
+                                     "pointwise_grad")
             and all(v.shape == y.shape for v in n.inputs))
         if n.op == "reduce_sum":
             step.scratch = [Size.of_shape(y.shape) * Size(8)]

@@ -125,16 +125,20 @@ def make_plan(inputs: Sequence[Value], params: Sequence[str], outputs: Sequence[
         if k in p.views:
             p.where[s.outputs[0].name] = p.where[root[s.outputs[0].name]]
             continue
+        dead = {root.get(v.name, v.name) for v in s.inputs if last.get(
+            root.get(v.name, v.name)) == k}
+        reuse = _overwritable(s, dead, root, p.where)
         for v in s.outputs:
             if v.name in out_slot:
                 p.where[v.name] = Storage("out", out_slot[v.name])
+            elif reuse is not None:
+                p.where[v.name] = p.where[reuse]
+                dead.discard(reuse)
             else:
                 p.where[v.name] = Storage("slot", take(Size.of_shape(v.shape) * Size(
                     _itemsize(v))))
         p.scratch[k] = [take(b) for b in s.scratch]
         free.extend(p.scratch[k])
-        dead = {root.get(v.name, v.name) for v in s.inputs if last.get(
-            root.get(v.name, v.name)) == k}
         dead |= {v.name for v in s.outputs if v.name not in last}   # never read
         for name in dead:
             st = p.where[name]
@@ -158,6 +162,23 @@ def make_plan(inputs: Sequence[Value], params: Sequence[str], outputs: Sequence[
                                                if root.get(u.name, u.name) == src)):
             p.inplace.append((j, in_index[src]))
     return p
+
+
+def _overwritable(step: Step, dead: set[str], root: dict[str, str],
+                  where: dict[str, Storage]) -> str | None:
+    """The tensor whose workspace slot the one output of an elementwise ``step`` may take
+    over (an input of the same shape and dtype read for the last time here, not a view
+    of a tensor that something else reads): the working set stays smaller and the output
+    lands on cache lines just read. None when there is none."""
+    if not step.elementwise or len(step.outputs) != 1:
+        return None
+    y = step.outputs[0]
+    for v in step.inputs:
+        name = root.get(v.name, v.name)
+        if (name in dead and where[name].kind == "slot" and v.shape == y.shape
+                and v.dtype == y.dtype):
+            return name
+    return None
 
 
 def _itemsize(v: Value) -> int:
