@@ -53,6 +53,11 @@ void f_{lay}(int M, int N, int K, float alpha, const float *A, int lda, const fl
     lc_gemm_{lay}_from(M, N, K, alpha, A, lda, B, ldb, beta, S, C, ldc, bias, act, pack,
                       threads);
 }}""" for lay in ("nt", "nn", "tn", "tt"))
+SMALL_WRAP = """
+void t_small(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+             int ldb, float beta, float *C, int ldc, const float *bias, int act, int threads) {
+    lc_small_nt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, act, NULL, threads);
+}"""
 SHAPES = [(1, 1, 1), (3, 17, 5), (7, 33, 64), (37, 45, 29), (65, 130, 9), (130, 20, 300),
           (300, 70, 17), (64, 128, 784), (9, 49, 515), (17, 97, 33), (41, 530, 21),
           (20, 400, 300)]
@@ -71,7 +76,9 @@ def lib(request, tmp_path_factory):
     if name == "x86-64-v3":
         assert c_tiles.target_isa(flags) == "avx2"
     tiles = tiles or c_tiles.gemm_tiles(flags, tune=False)
-    src = render("c/gemm.c.j2", **tiles) + "\nstatic float pack[1 << 22];\n" + WRAP
+    src = (render("c/gemm.c.j2", **tiles) + "\nstatic float pack[1 << 22];\n" + WRAP
+           + "\n#define LC_UNUSED __attribute__((unused))\n" + render("c/small_gemm.c.j2")
+           + SMALL_WRAP)
     return name, "-fopenmp" in flags, build_c_library(src, flags, tmp_path_factory.mktemp(name))
 
 
@@ -111,6 +118,26 @@ def test_layouts_against_float64(lib, lay):
                 call(so, lay, a, b, c2, alpha, beta, bias, act, threads=threads)
                 assert np.array_equal(c, c2), \
                     f"{kind}: {threads} threads differ from 1: {lay} {M}x{N}x{K}"
+
+
+def test_small_nt_against_float64(lib):
+    """templates/c/small_gemm.c.j2, the nt product for at most 16 output columns (dot
+    products of the GEMM core with AVX-512, a loop elsewhere): K of 0, under, at and past
+    a 16-float vector, with every epilogue."""
+    kind, _, so = lib
+    rng = np.random.default_rng(3)
+    for i, (M, N, K) in enumerate([(1, 1, 1), (3, 10, 5), (64, 10, 128), (37, 16, 29),
+                                   (9, 3, 515), (130, 7, 300), (5, 10, 0), (17, 2, 16)]):
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        b = rng.standard_normal((N, K)).astype(np.float32)
+        alpha, beta, act = [(1.0, 0.0, 0), (0.5, 1.0, 1), (-2.0, 0.25, 2), (1.0, 0.0, 3)][i % 4]
+        bias = rng.standard_normal(N).astype(np.float32) if i % 2 else None
+        c0 = rng.standard_normal((M, N)).astype(np.float32)
+        c = c0.copy() if beta else np.full((M, N), np.nan, np.float32)
+        call(so, "small", a, b, c, alpha, beta, bias, act)
+        want = expected("nt", a, b, c0, alpha, beta, bias, act)
+        err = np.abs(c - want).max() / (np.abs(want).max() + 1e-30)
+        assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} small {M}x{N}x{K}: {err:.1e}"
 
 
 @pytest.mark.parametrize("lay", ["nt", "nn", "tn", "tt"])

@@ -43,7 +43,7 @@ from .c_kernels import (
     gemm_routine,
     lower,
 )
-from .c_tiles import TILES, gemm_tiles
+from .c_tiles import TILES, gemm_tiles, target_isa
 from .plan import Plan, Size, make_plan
 from .precision import C_PRECISIONS, check_precision
 from .render import CTYPES, C, c_array_bits, c_comment, c_ident, render, wrap_args
@@ -310,7 +310,9 @@ class _Source:
                   "cc_line": " ".join(cc_line(self.cflags)),
                   "what": " and ".join(e.text["what"] for e in self.entries),
                   "entries": [e.text for e in self.entries]}
-        gemm = render("c/gemm.c.j2", self.bytecode, **self.tiles()) if uses("lc_gemm") else ""
+        # with AVX-512, lc_small_nt runs on the GEMM core's dot-product blocks
+        core = uses("lc_gemm") or (uses("lc_small") and target_isa(self.cflags) == "avx512")
+        gemm = render("c/gemm.c.j2", self.bytecode, **self.tiles()) if core else ""
         bf16 = render("c/gemm_bf16.c.j2", self.bytecode, ncp=BF16_NCP) if uses(
             "lc_gemm_bf16") else ""
         common["bf16"] = bool(bf16)
