@@ -552,9 +552,7 @@ class _Call:
         self.exe, self.n, self.fn = exe, n, exe._fn
         self.ws = exe.workspace(n)   # refuses a batch too large, before anything else
         self.names, self.out_names = exe.input_names, exe.output_names
-        self.shapes: list | None = None   # of the feeds accepted at this n (+ dtypes, strides)
-        self.dtypes: list = []
-        self.strides: list = []
+        self.sig: list | None = None   # (shape, dtype, strides) of the feeds accepted at n
         self.addr: dict[int, tuple[weakref.ref, int]] = {}
         self.scalars = []   # (index, buffer, Python number types taken as they are, dtype)
         for i, v in enumerate(g.inputs):
@@ -572,16 +570,13 @@ class _Call:
 
     def accept(self, checked: dict[str, np.ndarray]) -> None:
         """Remember the signature of feeds that passed every check."""
-        arrays = [checked[k] for k in self.names]
-        self.dtypes = [a.dtype for a in arrays]
-        self.strides = [a.strides for a in arrays]
-        self.shapes = [a.shape for a in arrays]
+        self.sig = [(a.shape, a.dtype, a.strides) for a in (checked[k] for k in self.names)]
 
     def fast(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
         """The outputs, if ``feeds`` have the signature accepted last (else None: take the
         checked path). Value checks run here as in :func:`.base.check_feeds`."""
         names = self.names
-        if self.shapes is None or len(feeds) != len(names):
+        if self.sig is None or len(feeds) != len(names):
             return None
         try:
             arrays = [feeds[k] for k in names]
@@ -591,9 +586,7 @@ class _Call:
                     return None
                 buf[()] = a
                 arrays[i] = buf
-            if [a.shape for a in arrays] != self.shapes or \
-                    [a.dtype for a in arrays] != self.dtypes or \
-                    [a.strides for a in arrays] != self.strides:
+            if [(a.shape, a.dtype, a.strides) for a in arrays] != self.sig:
                 return None
         except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
             return None   # the checked path says what is wrong, if anything
