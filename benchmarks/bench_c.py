@@ -1,7 +1,7 @@
 """C backend benchmarks: the generated GEMMs and an MLP training step against numpy
 (OpenBLAS), onnxruntime and torch, on one thread and on all threads, in one process.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_c.py --repeat 3
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_c.py --repeat 5
 
 Prints:
 
