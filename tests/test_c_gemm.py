@@ -233,6 +233,11 @@ def test_thresholds_are_measured_once_and_cached(tmp_path, monkeypatch):
     c_tune._MEMO.clear()
     path.write_text(json.dumps({**saved, "direct_max_m": 3}))
     assert c_tiles.gemm_tiles(flags)["direct_max_m"] == 3
+    # warnings, debug info or OpenMP do not change the code measured: the same choice
+    same = [*flags, "-Wall", "-Wextra", "-g", "-fopenmp", "-I/somewhere"]
+    assert c_tiles.gemm_tiles(same)["direct_max_m"] == 3
+    assert c_tune.cache_path(same, tiles) == path
+    assert c_tune.cache_path(["-O2", "-march=x86-64-v3"], tiles) != path
     monkeypatch.setenv("LINCOMPILE_TUNE", "0")
     assert c_tiles.gemm_tiles(flags)["direct_max_m"] == c_tiles.DEFAULT_DIRECT_MAX_M
     c_tune._MEMO.clear()

@@ -54,10 +54,18 @@ TILES = {"mr": 8, "nr": 48, "kc": 384, "mc": 1536, "nc": 480, "direct_max_m": 64
          "direct_max_kn": 262144, "dot_max_m": 16, "pack_a_min_n": 0, "row_kernels": 0}
 
 
+def code_flags(flags: Sequence[str]) -> list[str]:
+    """The flags of ``flags`` that can change the generated machine code (target, optimization,
+    language, macros): warnings, debug info, paths and ``-fopenmp`` (the GEMMs measured on
+    one thread) are left out."""
+    return [f for f in flags if f.startswith(("-m", "-f", "-O", "-std", "-D", "-U"))
+            and f != "-fopenmp"]
+
+
 @cache
 def _predefined(cc: str, flags: tuple[str, ...]) -> frozenset[str]:
     """The macros ``cc`` predefines with ``flags`` (empty if it cannot tell)."""
-    keep = [f for f in flags if f.startswith(("-m", "-f", "-O", "-std", "-D", "-U"))]
+    keep = code_flags(flags)
     try:
         res = subprocess.run([cc, *keep, "-dM", "-E", "-x", "c", os.devnull],
                              capture_output=True, text=True, timeout=60)

@@ -1,5 +1,5 @@
-"""A short measurement of two GEMM thresholds on this host, once per (CPU, compiler, flags,
-tiles), cached beside the build cache in ``<cache>/tune/<key>.json``.
+"""A short measurement of two GEMM thresholds on this host, once per (CPU, compiler, the flags
+that change the code, tiles), cached beside the build cache in ``<cache>/tune/<key>.json``.
 
 - ``dot_max_m``: ``nt`` products (``Y = X·Wᵀ``) with at most this many rows compute dot
   products of the rows as they are; above it B is packed (transposed) once per call. Where
@@ -42,6 +42,7 @@ from .build import (
     load_library,
     tune_dir,
 )
+from .c_tiles import code_flags
 from .render import render
 
 VERSION = "4"   # bump when the measurement changes: old cached choices are then ignored
@@ -146,7 +147,7 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
 def cache_path(cflags: Sequence[str], tiles: dict) -> Path:
     """Where the choice for ``cflags`` and ``tiles`` (thresholds aside) is cached."""
     base = {k: v for k, v in tiles.items() if k not in KNOBS}
-    flags = [f for f in cflags if f != "-fopenmp"]   # one thread is what is measured
+    flags = code_flags(cflags)   # warnings or -fopenmp do not change what is measured
     key = cache_key({"tiles": json.dumps(base, sort_keys=True)}, flags, VERSION,
                     compiler_id(compiler()), host_cpu())
     return tune_dir() / f"{key}.json"
