@@ -97,27 +97,34 @@ def expected(lay, a, b, c0, alpha, beta, bias, act):
     return [y, np.maximum(y, 0), 1 / (1 + np.exp(-y)), np.tanh(y)][act]
 
 
+def check_against_float64(so, kind, lay, shape, i, rng, threads=()):
+    """One ``lay`` product (``small``: lc_small_nt, an nt product) of ``shape`` on random
+    operands, with the i-th alpha/beta/activation of a cycle of four and a bias on odd i,
+    against numpy float64; and, for each count in ``threads``, bitwise equal to one thread."""
+    M, N, K = shape
+    ta, tb = "nt" if lay == "small" else lay
+    a = rng.standard_normal((K, M) if ta == "t" else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb == "t" else (K, N)).astype(np.float32)
+    alpha, beta, act = [(1.0, 0.0, 0), (0.5, 1.0, 1), (-2.0, 0.25, 2), (1.0, 0.0, 3)][i % 4]
+    bias = rng.standard_normal(N).astype(np.float32) if i % 2 else None
+    c0 = rng.standard_normal((M, N)).astype(np.float32)
+    c = c0.copy() if beta else np.full((M, N), np.nan, np.float32)
+    call(so, lay, a, b, c, alpha, beta, bias, act)
+    want = expected(ta + tb, a, b, c0, alpha, beta, bias, act)
+    err = np.abs(c - want).max() / (np.abs(want).max() + 1e-30)
+    assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} {lay} {M}x{N}x{K}: {err:.1e}"
+    for n in threads:
+        c2 = c0.copy() if beta else np.full((M, N), np.nan, np.float32)
+        call(so, lay, a, b, c2, alpha, beta, bias, act, threads=n)
+        assert np.array_equal(c, c2), f"{kind}: {n} threads differ from 1: {lay} {M}x{N}x{K}"
+
+
 @pytest.mark.parametrize("lay", ["nt", "nn", "tn", "tt"])
 def test_layouts_against_float64(lib, lay):
     kind, openmp, so = lib
     rng = np.random.default_rng(0)
-    for i, (M, N, K) in enumerate(SHAPES):
-        a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
-        b = rng.standard_normal((N, K) if lay[1] == "t" else (K, N)).astype(np.float32)
-        alpha, beta, act = [(1.0, 0.0, 0), (0.5, 1.0, 1), (-2.0, 0.25, 2), (1.0, 0.0, 3)][i % 4]
-        bias = rng.standard_normal(N).astype(np.float32) if i % 2 else None
-        c0 = rng.standard_normal((M, N)).astype(np.float32)
-        c = c0.copy() if beta else np.full((M, N), np.nan, np.float32)
-        call(so, lay, a, b, c, alpha, beta, bias, act)
-        want = expected(lay, a, b, c0, alpha, beta, bias, act)
-        err = np.abs(c - want).max() / (np.abs(want).max() + 1e-30)
-        assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} {lay} {M}x{N}x{K}: {err:.1e}"
-        if openmp:
-            for threads in (2, 3):
-                c2 = c0.copy() if beta else np.full((M, N), np.nan, np.float32)
-                call(so, lay, a, b, c2, alpha, beta, bias, act, threads=threads)
-                assert np.array_equal(c, c2), \
-                    f"{kind}: {threads} threads differ from 1: {lay} {M}x{N}x{K}"
+    for i, shape in enumerate(SHAPES):
+        check_against_float64(so, kind, lay, shape, i, rng, (2, 3) if openmp else ())
 
 
 def test_small_nt_against_float64(lib):
@@ -126,18 +133,9 @@ def test_small_nt_against_float64(lib):
     a 16-float vector, with every epilogue."""
     kind, _, so = lib
     rng = np.random.default_rng(3)
-    for i, (M, N, K) in enumerate([(1, 1, 1), (3, 10, 5), (64, 10, 128), (37, 16, 29),
-                                   (9, 3, 515), (130, 7, 300), (5, 10, 0), (17, 2, 16)]):
-        a = rng.standard_normal((M, K)).astype(np.float32)
-        b = rng.standard_normal((N, K)).astype(np.float32)
-        alpha, beta, act = [(1.0, 0.0, 0), (0.5, 1.0, 1), (-2.0, 0.25, 2), (1.0, 0.0, 3)][i % 4]
-        bias = rng.standard_normal(N).astype(np.float32) if i % 2 else None
-        c0 = rng.standard_normal((M, N)).astype(np.float32)
-        c = c0.copy() if beta else np.full((M, N), np.nan, np.float32)
-        call(so, "small", a, b, c, alpha, beta, bias, act)
-        want = expected("nt", a, b, c0, alpha, beta, bias, act)
-        err = np.abs(c - want).max() / (np.abs(want).max() + 1e-30)
-        assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} small {M}x{N}x{K}: {err:.1e}"
+    for i, shape in enumerate([(1, 1, 1), (3, 10, 5), (64, 10, 128), (37, 16, 29),
+                               (9, 3, 515), (130, 7, 300), (5, 10, 0), (17, 2, 16)]):
+        check_against_float64(so, kind, lay="small", shape=shape, i=i, rng=rng)
 
 
 @pytest.mark.parametrize("lay", ["nt", "nn", "tn", "tt"])
