@@ -110,7 +110,7 @@ def _crossing(time_unpacked, time_packed) -> int:
 
 def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, int]:
     """Time both paths of both thresholds on this host (see the module docstring)."""
-    flags = [f for f in cflags if f != "-fopenmp"]
+    flags = code_flags(cflags)   # what the cache key holds (one thread is measured)
     files = {"tune.c": _source(tiles)}
     cmd = cc_line(flags, "tune.c", "libtune.so")
     key = cache_key(files, cmd, compiler_id(cmd[0]), host_cpu())
