@@ -17,6 +17,13 @@ Prints:
   ``Executable.run``, through ``bind()`` (in place, and not), onnxruntime running
   lincompile's exported training graph and torch eager, on one thread and on all (bars:
   run() within 10 µs of bind(), ≥ 1.3× faster than onnxruntime at the same thread count).
+  run() is fed the arrays as numpy made them and writes fresh outputs; bind() in place
+  writes each ``X.next`` over ``X`` in buffers of its own on 64-byte lines, so
+  ``run() − bind(inplace=False)`` is what run() costs per call beyond the same memory
+  traffic (Python, and the feeds' placement).
+
+``--shapes 64x784x128,...`` measures other product shapes; ``--no-step`` and
+``--no-products`` leave out one part.
 
 ``--precision bf16`` prints, instead, the three products in bf16 (operands rounded to
 bfloat16, float32 sums: ``lc.compile(..., precision="bf16")``, on AMX-BF16 or AVX512-BF16
@@ -51,6 +58,18 @@ SHAPES = [(64, 784, 128), (256, 1024, 1024), (1024, 2048, 2048)]
 AVX2_ENV = {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
             "ONEDNN_MAX_CPU_ISA": "AVX2"}
 HERE = Path(__file__).resolve().parent
+
+
+def shapes(text: str) -> list[tuple[int, int, int]]:
+    """``--shapes``: comma-separated ``NxC_INxC_OUT`` triples."""
+    try:
+        out = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or any(len(s) != 3 or min(s) < 1 for s in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NxC_INxC_OUT[,...], "
+                                         "e.g. 64x784x128")
+    return out
 
 
 def all_cores() -> int:
@@ -206,7 +225,7 @@ def bench_products(a, threads: int, probe: PeakProbe) -> list[list[str]]:
 
     torch = _torch(threads)
     rows = []
-    for n, cin, cout in SHAPES:
+    for n, cin, cout in a.shapes:
         flops = 2 * n * cin * cout
         graphs, torch_fns = product_graphs(n, cin, cout)
         for name, g, np_fn, key in graphs:
@@ -245,7 +264,7 @@ def bench_bf16_products(a, threads: int) -> list[list[str]]:
 
     torch = _torch(threads)
     rows = []
-    for n, cin, cout in SHAPES:
+    for n, cin, cout in a.shapes:
         flops = 2 * n * cin * cout
         graphs, _ = product_graphs(n, cin, cout)
         for name, g, _, key in graphs:
@@ -400,6 +419,20 @@ def bench_train_step(a, threads: int, batch: int = 64) -> dict[str, float]:
     return res
 
 
+def print_train_step(a) -> None:
+    print("\nMLP 784-128-10 training step, batch 64, cross-entropy + SGD (µs per step):\n")
+    counts = [1] + ([a.threads] if a.threads > 1 else [])
+    res = {n: bench_train_step(a, n) for n in counts}
+    rows = [[k] + [f"{res[n][k] * 1e6:.0f}" for n in counts] for k in res[1]]
+    run, ort = "C run()", "onnxruntime (exported graph)"
+    for bound in ("C bind() (in place)", "C bind(inplace=False)"):
+        rows.append([f"run() − {bound[2:]}"] + [f"{(res[n][run] - res[n][bound]) * 1e6:.0f}"
+                                               for n in counts])
+    rows.append(["onnxruntime / run()"] + [f"{res[n][ort] / res[n][run]:.2f}×"
+                                           for n in counts])
+    print(table(["implementation", *(f"{n} thread{'s' * (n > 1)}" for n in counts)], rows))
+
+
 # ------------------------------------------------------------------------------- output
 def table(head: list[str], rows: list[list[str]]) -> str:
     w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -431,6 +464,10 @@ def main() -> None:
     p.add_argument("--avx2", action="store_true",
                    help="generated code for -march=x86-64-v3, numpy and torch limited to AVX2")
     p.add_argument("--no-products", action="store_true", help="only the MLP step")
+    p.add_argument("--no-step", action="store_true", help="only the products")
+    p.add_argument("--shapes", type=shapes, default=SHAPES, metavar="NxCINxCOUT,...",
+                   help="the product shapes (default: "
+                        + ",".join("x".join(map(str, s)) for s in SHAPES) + ")")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: only the three products in bf16, against fp32 C, torch bf16 "
                         "and torch autocast (default fp32: everything above)")
@@ -483,16 +520,8 @@ def main() -> None:
             print(f"\nLinear products, {a.threads} threads (% of {a.threads} × peak; wall "
                   "clock):\n")
             print(table(head, bench_products(a, a.threads, probe)))
-    print("\nMLP 784-128-10 training step, batch 64, cross-entropy + SGD (µs per step):\n")
-    counts = [1] + ([a.threads] if a.threads > 1 else [])
-    res = {n: bench_train_step(a, n) for n in counts}
-    rows = [[k] + [f"{res[n][k] * 1e6:.0f}" for n in counts] for k in res[1]]
-    bind, run, ort = "C bind() (in place)", "C run()", "onnxruntime (exported graph)"
-    rows.append(["run() − bind()"] + [f"{(res[n][run] - res[n][bind]) * 1e6:.0f}"
-                                      for n in counts])
-    rows.append(["onnxruntime / run()"] + [f"{res[n][ort] / res[n][run]:.2f}×"
-                                           for n in counts])
-    print(table(["implementation", *(f"{n} thread{'s' * (n > 1)}" for n in counts)], rows))
+    if not a.no_step:
+        print_train_step(a)
     end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average at the end: {end:.1f}")
 

@@ -17,6 +17,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from .arrays import aligned_copy
 from .errors import LincompileError, ShapeError
 from .ops import get_op
 from .ops.base import fmt_shape
@@ -359,7 +360,8 @@ class Graph:
         self._dims_ok.add(key)
 
     def clone(self, name: str | None = None) -> Graph:
-        """A deep copy (new Value/Node objects; parameter arrays are copied)."""
+        """A deep copy (new Value/Node objects; parameter arrays are copied, onto 64-byte
+        lines: a training graph's initial state comes from here)."""
         g = Graph(name or self.name)
         g.rng = self.rng
         g.meta, g.initial_state = dict(self.meta), dict(self.initial_state)
@@ -371,7 +373,7 @@ class Graph:
             return vmap[id(v)]
 
         g.inputs = [cp(v) for v in self.inputs]
-        g.params = {k: Param(cp(p.value), p.data.copy(), p.trainable, p.const)
+        g.params = {k: Param(cp(p.value), aligned_copy(p.data), p.trainable, p.const)
                     for k, p in self.params.items()}
         g.nodes = [Node(n.op, n.name, [cp(v) for v in n.inputs], [cp(v) for v in n.outputs],
                         dict(n.attrs)) for n in self.nodes]

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .arrays import aligned_full
 from .autodiff import append_grads
 from .errors import LincompileError, OptimizerError
 from .ir import Graph, Node, Value
@@ -247,7 +248,7 @@ def _append_update(g: Graph, params: list[Value], grads: dict[str, Value],
         state_in[p.name] = []
         for s in optimizer.state():
             v = g.input(f"{p.name}.{s}", p.shape, p.dtype)
-            g.initial_state[v.name] = np.full(p.shape, fill, p.dtype)
+            g.initial_state[v.name] = aligned_full(p.shape, fill, p.dtype)
             state_in[p.name].append(v)
     step = None
     if isinstance(optimizer, (Adam, Adagrad)):

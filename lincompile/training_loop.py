@@ -28,6 +28,7 @@ from typing import TextIO
 
 import numpy as np
 
+from .arrays import empty_aligned
 from .backends import compile
 from .errors import LincompileError
 from .files import refuse_inputs
@@ -114,11 +115,17 @@ def fit(train: Graph, scorer: Scorer, x: np.ndarray, y: np.ndarray, x_val: np.nd
     rng = np.random.default_rng(seed)
     n_batches = -(-len(x) // batch_size)
     t0 = time.perf_counter()
+    # each minibatch is gathered into the same two buffers, on 64-byte lines
+    xb = empty_aligned((min(batch_size, len(x)), *x.shape[1:]), x.dtype)
+    yb = empty_aligned((len(xb), *y.shape[1:]), y.dtype)
     for epoch in range(1, epochs + 1):
         order, total = rng.permutation(len(x)), 0.0
         for b in range(n_batches):
             idx = order[b * batch_size:(b + 1) * batch_size]
-            loss, state = step(x[idx], y[idx], lr, state)
+            xs, ys = (xb, yb) if len(idx) == len(xb) else (xb[:len(idx)], yb[:len(idx)])
+            np.take(x, idx, axis=0, out=xs, mode="clip")   # in range: unbuffered
+            np.take(y, idx, axis=0, out=ys, mode="clip")
+            loss, state = step(xs, ys, lr, state)
             total += loss * len(idx)
             progress.batch(epoch, b + 1, n_batches)
         history.loss.append(total / len(x))

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import TARGETS
+from helpers import mlp
 from onnx import numpy_helper
 
 import lincompile as lc
@@ -184,6 +185,34 @@ def tiny_model(tmp_path, classes=3, features=4):
     g.output(g.linear(g.relu(g.linear(g.input("x", ["N", features]), 8, name="fc1")),
                       classes, name="fc2"), name="logits")
     return lc.save_onnx(g, tmp_path / "tiny.onnx")
+
+
+def test_fit_feeds_every_row_once_per_epoch_on_cache_lines():
+    """fit's minibatches: the documented order (a permutation per epoch from the seeded
+    generator, the last batch partial), rows and labels kept together, each batch
+    gathered onto 64-byte lines."""
+    from lincompile.progress import Progress
+    from lincompile.training_loop import fit
+
+    n, batch = 150, BATCH
+    x = np.arange(n * 5, dtype=np.float32).reshape(n, 5)[:, ::-1]   # not C-contiguous
+    y = np.arange(n, dtype=np.int64)
+    t = lc.training_graph(mlp((5, 3)), loss="cross-entropy", optimizer=lc.SGD(0.1))
+    seen = []
+
+    def step(xb, yb, lr, state):
+        assert xb.ctypes.data % 64 == 0 and xb.flags.c_contiguous
+        seen.append((xb.copy(), yb.copy()))
+        return 0.0, state
+
+    fit(t, lambda state, xv, yv: 0.0, x, y, x[:1], y[:1], epochs=2, batch_size=batch,
+        seed=SEED, target="reference", progress=Progress(None, 2), step=step)
+    rng = np.random.default_rng(SEED)
+    want = [p[i:i + batch] for p in (rng.permutation(n) for _ in range(2))
+            for i in range(0, n, batch)]
+    assert [len(b) for b, _ in seen] == [len(w) for w in want] == [64, 64, 22] * 2
+    for (xb, yb), idx in zip(seen, want):
+        assert np.array_equal(yb, idx) and np.array_equal(xb, x[idx])
 
 
 def test_python_train_returns_the_trained_graph_and_history(tmp_path, monkeypatch):

@@ -61,6 +61,20 @@ def test_initial_state_is_the_model_and_zeros():
     assert not t.initial_state["fc1.weight.m"].any() and t.initial_state["step"] == 0
 
 
+@pytest.mark.parametrize("optimizer", [lc.SGD(0.1), lc.SGD(0.1, momentum=0.9), lc.Adam()])
+def test_initial_state_is_a_copy_on_cache_lines(optimizer):
+    """The state arrays start on 64-byte lines (the C kernels' vector loads of a weight
+    then never span two lines) and share no memory with the model."""
+    m = mlp((6, 300, 3))
+    t = lc.training_graph(m, optimizer=optimizer)
+    for k, v in t.initial_state.items():
+        if v.ndim:
+            assert v.ctypes.data % 64 == 0 and v.flags.c_contiguous, k
+        if k in m.params:
+            assert np.array_equal(v, m.params[k].data) and v.dtype == m.params[k].data.dtype
+            assert not np.shares_memory(v, m.params[k].data), k
+
+
 def test_bad_arguments_are_clear():
     with pytest.raises(lc.LincompileError, match="unknown loss 'hinge'"):
         lc.training_graph(mlp(), loss="hinge")

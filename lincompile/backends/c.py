@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..arrays import aligned_copy, empty_aligned
 from ..errors import CompileError, FeedError
 from ..files import refuse_foreign, write_texts
 from ..ir import Graph, Value
@@ -421,17 +422,6 @@ class Workspaces:
         return loc.addr
 
 
-def empty_aligned(shape: tuple[int, ...], dtype: Any, align: int = 64) -> np.ndarray:
-    """An uninitialized C-contiguous array whose data starts at a multiple of ``align``
-    bytes (numpy's own allocations start 16 bytes past a line about as often as not, and
-    every vector load or store of such an array then straddles two cache lines)."""
-    dt = np.dtype(dtype)
-    nbytes = math.prod(shape) * dt.itemsize
-    raw = np.empty(nbytes + align, np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start:start + nbytes].view(dt).reshape(shape)
-
-
 def allocate(nbytes: int, what: str, n: int) -> np.ndarray:
     """``nbytes`` of host memory for a workspace; out of memory is a FeedError."""
     try:
@@ -696,7 +686,7 @@ class Bound:
         feeds = check_feeds(g, feeds, exe._rules)
         self.n = n = exe.batch(feeds)
         self._ws = allocate(exe.workspace_size(n) + 64, exe._what, n)
-        self.inputs = {v.name: _aligned_copy(feeds[v.name]) for v in g.inputs}
+        self.inputs = {v.name: aligned_copy(feeds[v.name]) for v in g.inputs}
         alias = dict(exe.plan.inplace) if inplace else {}
         self.outputs = {}
         for j, v in enumerate(g.outputs):
@@ -714,14 +704,6 @@ class Bound:
 
     def __call__(self) -> None:
         self._call(*self._args)
-
-
-def _aligned_copy(a: Any) -> np.ndarray:
-    """A 64-byte aligned C-contiguous copy of the (checked) feed ``a``."""
-    a = np.asarray(a)
-    out = empty_aligned(a.shape, a.dtype)
-    out[...] = a
-    return out
 
 
 def compile(graph: Graph, threads: int | None = None, cflags: Sequence[str] | None = None,
