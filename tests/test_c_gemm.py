@@ -23,11 +23,13 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C co
 
 BIG = 1 << 30
 TINY = {"mr": 2, "nr": 16, "kc": 8, "mc": 4, "nc": 32, "direct_max_m": 4,
-        "direct_max_kn": BIG, "dot_max_m": 4, "pack_a_min_n": 32, "row_kernels": 1}
+        "direct_max_kn": BIG, "dot_max_m": 4, "dot_max_k": 24, "dot_long_max_m": 2,
+        "pack_a_min_n": 32, "row_kernels": 1}
 #: every path at once: nt by dot products, nn/tn with B in place, at any size
-UNPACKED = {**TILES, "direct_max_m": BIG, "direct_max_kn": BIG, "dot_max_m": BIG}
+UNPACKED = {**TILES, "direct_max_m": BIG, "direct_max_kn": BIG, "dot_max_m": BIG,
+            "dot_long_max_m": BIG}
 #: everything packed (no dot products, no A or B in place)
-PACKED = {**TILES, "direct_max_m": 0, "dot_max_m": 0, "pack_a_min_n": 1}
+PACKED = {**TILES, "direct_max_m": 0, "dot_max_m": 0, "dot_long_max_m": 0, "pack_a_min_n": 1}
 V3 = ["-O2", "-march=x86-64-v3"]
 NATIVE = ["-O2", "-march=native"]
 #: name -> (tiles, flags); tiles None: what the generator picks for the flags (untuned)
@@ -213,6 +215,8 @@ def test_blocking_follows_the_cache_sizes(tmp_path):
     assert 8 * small["kc"] * 4 <= caches["L1"] // 4
     assert small["kc"] * small["nc"] * 4 <= caches["L2"] // 2
     assert big["nc"] > small["nc"] and big["direct_max_kn"] == (2 << 20) // 8
+    for b, c in ((small, caches), (big, {"L1": 48 << 10})):   # a dot block's 11 rows in L1
+        assert 11 * 4 * b["dot_max_k"] <= c["L1"] < 11 * 4 * (b["dot_max_k"] + 1)
     assert c_tiles.host_caches.__wrapped__(str(tmp_path / "none")) == c_tiles.DEFAULT_CACHES
 
 
@@ -224,9 +228,8 @@ def test_thresholds_are_measured_once_and_cached(tmp_path, monkeypatch):
     tiles = c_tiles.gemm_tiles(flags)
     path = c_tune.cache_path(flags, tiles)
     saved = json.loads(path.read_text())
-    assert tiles["dot_max_m"] == saved["dot_max_m"] and \
-        tiles["direct_max_m"] == saved["direct_max_m"]
-    assert saved["direct_max_m"] in (0, *c_tune.ROWS)
+    for knob in c_tune.KNOBS:
+        assert tiles[knob] == saved[knob] and saved[knob] in (0, *c_tune.ROWS), knob
     # a later build reads the choice back (a planted value shows it is not measured again)
     c_tune._MEMO.clear()
     path.write_text(json.dumps({**saved, "direct_max_m": 3}))
@@ -253,3 +256,31 @@ def test_crossing_needs_a_clear_win_so_noise_cannot_move_it():
     assert picks == {64}
     assert c_tune._crossing(lambda m: 1.0, lambda m: 1.0) == 0
     assert c_tune._crossing(lambda m: 0.5, lambda m: 1.0) == max(c_tune.ROWS)
+
+
+def test_long_rows_leave_the_dot_path_at_dot_max_k(tmp_path):
+    """nt rows up to dot_max_k long take the dot-product path up to dot_max_m rows; longer
+    ones only up to dot_long_max_m (here 0: packed): bitwise the result of the build that
+    always takes that path (the two paths sum in different orders)."""
+    flags = ["-O2", "-march=native"]
+    if c_tiles.target_isa(flags) != "avx512":
+        pytest.skip("the dot-product path needs AVX-512 (this host has none)")
+    libs = {}
+    for name, tiles in (("dot", UNPACKED), ("packed", PACKED),
+                        ("split", {**UNPACKED, "dot_max_k": 64, "dot_long_max_m": 0})):
+        src = render("c/gemm.c.j2", **tiles) + "\nstatic float pack[1 << 22];\n" + WRAP
+        (tmp_path / name).mkdir()
+        libs[name] = build_c_library(src, flags, tmp_path / name)
+    rng = np.random.default_rng(3)
+    differ = set()
+    for k, path in ((1, "dot"), (63, "dot"), (64, "dot"), (65, "packed"), (300, "packed")):
+        a = rng.standard_normal((20, k)).astype(np.float32)
+        b = rng.standard_normal((37, k)).astype(np.float32)
+        out = {}
+        for name, so in libs.items():
+            out[name] = np.full((20, 37), np.nan, np.float32)
+            call(so, "nt", a, b, out[name], 1.0, 0.0, None, 0)
+        assert np.array_equal(out["split"], out[path]), f"K={k}: not the {path} path"
+        if not np.array_equal(out["dot"], out["packed"]):
+            differ.add(path)
+    assert differ == {"dot", "packed"}   # else the comparison could not tell the paths apart

@@ -7,11 +7,12 @@ the host's caches (the decisions; the template holds the code).
 - the cache blocks follow the host's L1/L2 sizes (``/sys/devices/system/cpu/cpu0/cache``):
   the A sliver (``mr`` × ``kc``) fills at most a quarter of L1 (the rest holds the B rows
   streaming through), the packed B block (``kc`` × ``nc``) at most half of L2;
-- the two thresholds (``dot_max_m``: ``nt`` products with at most this many rows skip
-  packing; ``direct_max_m``: ``nn``/``tn`` products with at most this many rows read B in
-  place, if B's ``K`` × ``N`` floats fill at most half of L2: ``direct_max_kn``) come from a
-  short measurement on the host (see :mod:`.c_tune`) or, without it,
-  from defaults;
+- the thresholds (``dot_max_m``: ``nt`` products with at most this many rows skip
+  packing, ``dot_long_max_m`` the same for rows longer than ``dot_max_k``, past which the
+  8 + 3 rows of a dot-product block no longer fit in L1 together; ``direct_max_m``:
+  ``nn``/``tn`` products with at most this many rows read B in place, if B's ``K`` × ``N``
+  floats fill at most half of L2: ``direct_max_kn``) come from a short measurement
+  on the host (see :mod:`.c_tune`) or, without it, from defaults;
 - whether ``nt``/``nn`` pack A, whose rows run along k (``pack_a_min_n``: from that many
   columns on, 0 never), follows the register count of the ISA.
 """
@@ -45,13 +46,15 @@ PACK_A_MIN_N = {"avx512": 0, "avx2": 128, "avx": 128, "vec4": 128, "scalar": 0}
 ROW_KERNELS = {"avx512": 0, "avx2": 1, "avx": 1, "vec4": 1, "scalar": 0}
 #: the defaults the thresholds take without a measurement
 DEFAULT_DOT_MAX_M = 16
+DEFAULT_DOT_LONG_MAX_M = 16
 DEFAULT_DIRECT_MAX_M = 64
 #: cache sizes assumed when the host does not say (bytes)
 DEFAULT_CACHES = {"L1": 32 * 1024, "L2": 1024 * 1024, "L3": 8 * 1024 * 1024}
 
 #: the tiles before any host information: what tests and docs may use as a fixed point
 TILES = {"mr": 8, "nr": 48, "kc": 384, "mc": 1536, "nc": 480, "direct_max_m": 64,
-         "direct_max_kn": 262144, "dot_max_m": 16, "pack_a_min_n": 0, "row_kernels": 0}
+         "direct_max_kn": 262144, "dot_max_m": 16, "dot_max_k": 744, "dot_long_max_m": 16,
+         "pack_a_min_n": 0, "row_kernels": 0}
 
 
 def code_flags(flags: Sequence[str]) -> list[str]:
@@ -149,7 +152,8 @@ def blocking(mr: int, nr: int, caches: dict[str, int]) -> dict[str, int]:
     nc = caches["L2"] // 2 // (4 * kc) // nr * nr   # the packed B block: half of L2
     nc = max(nr, min(nc, 4096 // nr * nr))
     mc = max(mr, 1536 // mr * mr)
-    return {"kc": kc, "mc": mc, "nc": nc, "direct_max_kn": caches["L2"] // 8}
+    return {"kc": kc, "mc": mc, "nc": nc, "direct_max_kn": caches["L2"] // 8,
+            "dot_max_k": caches["L1"] // (4 * (8 + 3))}   # a dot block's rows share L1
 
 
 def gemm_tiles(cflags: Sequence[str], tune: bool | None = None) -> dict[str, int]:
@@ -161,6 +165,7 @@ def gemm_tiles(cflags: Sequence[str], tune: bool | None = None) -> dict[str, int
     mr, nr = REGISTER_TILES[isa]
     tiles = {"mr": mr, "nr": nr, **blocking(mr, nr, host_caches()),
              "direct_max_m": DEFAULT_DIRECT_MAX_M, "dot_max_m": DEFAULT_DOT_MAX_M,
+             "dot_long_max_m": DEFAULT_DOT_LONG_MAX_M,
              "pack_a_min_n": PACK_A_MIN_N[isa], "row_kernels": ROW_KERNELS[isa]}
     if tune is None:
         tune = os.environ.get("LINCOMPILE_TUNE", "1") != "0"

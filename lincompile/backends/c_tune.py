@@ -1,9 +1,13 @@
-"""A short measurement of two GEMM thresholds on this host, once per (CPU, compiler, the flags
-that change the code, tiles), cached beside the build cache in ``<cache>/tune/<key>.json``.
+"""A short measurement of three GEMM thresholds on this host, once per (CPU, compiler, the
+flags that change the code, tiles), cached beside the build cache in
+``<cache>/tune/<key>.json``.
 
 - ``dot_max_m``: ``nt`` products (``Y = X·Wᵀ``) with at most this many rows compute dot
   products of the rows as they are; above it B is packed (transposed) once per call. Where
   the crossing lies depends on the core (FMA ports, L2 bandwidth), so it is measured.
+- ``dot_long_max_m``: the same for rows longer than ``dot_max_k`` (the 8 + 3 rows of a
+  dot-product block then no longer fit in L1 together), measured at :data:`LONG_K`: a core
+  whose FMAs outrun L2 (Zen 5) loses there what it gains at short rows.
 - ``direct_max_m``: ``nn``/``tn`` products with at most this many rows read B in place.
 
 The measurement builds one small library (through the build cache), times both paths at a
@@ -14,7 +18,8 @@ run within a few per cent of each other, and timing noise would otherwise move t
 from one measurement to the next; the margin makes a repeated measurement on the same host
 give the same answer). It takes a second or two, once; the choice is then read from the
 cache, so it is the same for every later build. ``LINCOMPILE_TUNE=0`` skips
-it (defaults: :data:`.c_tiles.DEFAULT_DOT_MAX_M`, :data:`.c_tiles.DEFAULT_DIRECT_MAX_M`).
+it (defaults: :data:`.c_tiles.DEFAULT_DOT_MAX_M`, :data:`.c_tiles.DEFAULT_DOT_LONG_MAX_M`,
+:data:`.c_tiles.DEFAULT_DIRECT_MAX_M`).
 A failure to build or run the measurement falls back to the defaults; ``lincompile cache
 clear`` forgets the choices (they are measured again at the next build).
 """
@@ -45,11 +50,12 @@ from .build import (
 from .c_tiles import code_flags
 from .render import render
 
-VERSION = "4"   # bump when the measurement changes: old cached choices are then ignored
+VERSION = "5"   # bump when the measurement changes: old cached choices are then ignored
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SIZE = 512      # N = K of the timed nt products (W of 512 × 512: 1 MiB)
+LONG_K = 2048   # K of the timed long-row nt products (N = SIZE; rows 4 KiB apart, as usual)
 DIRECT_K = 128  # K of the timed nn products (N = SIZE; B of 256 KiB: the direct path's case)
-KNOBS = ("dot_max_m", "direct_max_m")
+KNOBS = ("dot_max_m", "dot_long_max_m", "direct_max_m")
 #: the unpacked path is taken at a row count only where it takes at most this fraction of
 #: the packed path's time
 MARGIN = 0.95
@@ -90,19 +96,20 @@ double lc_tune_time(int op, int M, int N, int K, const float *A, const float *B,
 
 
 def _source(tiles: dict) -> str:
-    t = {**tiles, "dot_max_m": "lc_tune_dot", "direct_max_m": "lc_tune_direct"}
+    t = {**tiles, "dot_max_m": "lc_tune_dot", "dot_long_max_m": "lc_tune_dot_long",
+         "direct_max_m": "lc_tune_direct"}
     gemm = render("c/gemm.c.j2", None, **t)
-    return ("#define _POSIX_C_SOURCE 199309L\nint lc_tune_dot, lc_tune_direct;\n" + gemm
-            + HARNESS)
+    return ("#define _POSIX_C_SOURCE 199309L\nint lc_tune_dot, lc_tune_dot_long, "
+            "lc_tune_direct;\n" + gemm + HARNESS)
 
 
 def _crossing(time_unpacked, time_packed) -> int:
     """The largest row count of :data:`ROWS`, scanning up, up to which the unpacked path is
     faster than the packed one by :data:`MARGIN` (0 if it is not already at one row)."""
     best = 0
-    for m in ROWS:
-        a, b = time_unpacked(m), time_packed(m)
-        if a > b * MARGIN:
+    for m in ROWS:   # the median of 3 alternating timings of each: drift hits both alike
+        a, b = zip(*((time_unpacked(m), time_packed(m)) for _ in range(3)))
+        if sorted(a)[1] > sorted(b)[1] * MARGIN:
             break
         best = m
     return best
@@ -118,11 +125,16 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
     fn = lib.lc_tune_time
     fn.restype = ctypes.c_double
     fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2
-    knob = {name: ctypes.c_int.in_dll(lib, f"lc_tune_{name}") for name in ("dot", "direct")}
+    knob = {name: ctypes.c_int.in_dll(lib, f"lc_tune_{name}")
+            for name in ("dot", "dot_long", "direct")}
+    # the K of each measurement: short rows (within dot_max_k), long rows (past it), nn
+    short = max(16, min(SIZE, tiles["dot_max_k"]) // 16 * 16)
+    ks = {"dot": short, "dot_long": max(LONG_K, tiles["dot_max_k"] + 512),
+          "direct": DIRECT_K}
     rng = np.random.default_rng(0)
-    m_max = max(ROWS)
-    a = rng.standard_normal((m_max, SIZE)).astype(np.float32)
-    b = rng.standard_normal((SIZE, SIZE)).astype(np.float32)
+    m_max, k_max = max(ROWS), max(ks.values())
+    a = rng.standard_normal((m_max, k_max)).astype(np.float32)
+    b = rng.standard_normal((SIZE, k_max)).astype(np.float32)
     c = np.empty((m_max, SIZE), np.float32)
     mc, kc, nc = tiles["mc"], tiles["kc"], tiles["nc"]
     pack = np.empty(mc * kc + nc * kc + 64, np.float32)
@@ -131,13 +143,14 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
     def timer(op: int, name: str, on: bool):
         def run(m: int) -> float:
             knob[name].value = 1 << 30 if on else 0
-            k = SIZE if op == 0 else DIRECT_K
+            k = ks[name]
             reps = max(1, int(2e6 / (m * SIZE * k / 16)))
             return fn(op, m, SIZE, k, ptr(a), ptr(b), ptr(c), ptr(pack), 7, reps)
         return run
 
-    out = {"dot_max_m": tiles["dot_max_m"]}
-    for op, name in ((0, "dot"), (1, "direct")) if dot else ((1, "direct"),):
+    out = {k: tiles[k] for k in KNOBS}
+    names = (("dot", 0), ("dot_long", 0), ("direct", 1)) if dot else (("direct", 1),)
+    for name, op in names:
         run_on, run_off = timer(op, name, True), timer(op, name, False)
         run_on(8), run_off(8)   # warm up
         out[f"{name}_max_m"] = _crossing(run_on, run_off)
@@ -154,9 +167,10 @@ def cache_path(cflags: Sequence[str], tiles: dict) -> Path:
 
 
 def thresholds(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, int]:
-    """``dot_max_m`` and ``direct_max_m`` for this host: from the cache, else measured
-    (and cached); the defaults in ``tiles`` if the measurement cannot run. ``dot``: whether
-    the target has the dot-product path at all (else its default stays)."""
+    """``dot_max_m``, ``dot_long_max_m`` and ``direct_max_m`` for this host: from the
+    cache, else measured (and cached); the defaults in ``tiles`` if the measurement cannot
+    run. ``dot``: whether the target has the dot-product path at all (else its defaults
+    stay)."""
     path = cache_path(cflags, tiles)
     with _LOCK:   # one measurement per process at a time (threads compiling at once wait)
         if path in _MEMO:
