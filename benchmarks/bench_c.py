@@ -15,8 +15,9 @@ Prints:
   shapes); then the same on all the cores this process may use (``os.sched_getaffinity``);
 - the training step of a 784-128-10 MLP at batch 64 (cross-entropy, SGD) through
   ``Executable.run``, through ``bind()`` (in place, and not), onnxruntime running
-  lincompile's exported training graph and torch eager, on one thread and on all (bars:
-  run() within 10 µs of bind(), ≥ 1.3× faster than onnxruntime at the same thread count).
+  lincompile's exported training graph and torch eager, on one thread and on all, in 5·R
+  interleaved rounds of 0.2 s (bars: run() within 10 µs of bind(), ≥ 1.3× faster than
+  onnxruntime at the same thread count).
   run() is fed the arrays as numpy made them and writes fresh outputs; bind() in place
   writes each ``X.next`` over ``X`` in buffers of its own on 64-byte lines, so
   ``run() − bind(inplace=False)`` is what run() costs per call beyond the same memory
@@ -412,8 +413,9 @@ def bench_train_step(a, threads: int, batch: int = 64) -> dict[str, float]:
             crit(model(tx), ty).backward()
             opt.step()
         fns[f"torch {torch.__version__} eager"] = (step, threads)
-    timer = Timer(a.timer.cpu, budget=1.0)
-    res = interleaved(fns, a.repeat, timer)
+    # R rounds of 1 s each would let the host's drift between blocks into the ratios:
+    # 5R rounds of 0.2 s, the same time in all
+    res = interleaved(fns, 5 * a.repeat, Timer(a.timer.cpu, budget=0.2))
     for k, v in res.items():
         print(f"{k}: {v * 1e6:.0f} µs ({threads} threads)", file=sys.stderr, flush=True)
     return res
