@@ -28,7 +28,8 @@ TINY = {"mr": 2, "nr": 16, "kc": 8, "mc": 4, "nc": 32, "direct_max_m": 4,
 #: every path at once: nt by dot products, nn/tn with B in place, at any size
 UNPACKED = {**TILES, "direct_max_m": BIG, "direct_max_kn": BIG, "dot_max_m": BIG,
             "dot_long_max_m": BIG}
-#: everything packed (no dot products, no A or B in place)
+#: everything packed (no dot products, no A or B in place; B in place only where two slivers
+#: of A hold every row)
 PACKED = {**TILES, "direct_max_m": 0, "dot_max_m": 0, "dot_long_max_m": 0, "pack_a_min_n": 1}
 V3 = ["-O2", "-march=x86-64-v3"]
 NATIVE = ["-O2", "-march=native"]
