@@ -257,6 +257,11 @@ def test_crossing_needs_a_clear_win_so_noise_cannot_move_it():
     assert picks == {64}
     assert c_tune._crossing(lambda m: 1.0, lambda m: 1.0) == 0
     assert c_tune._crossing(lambda m: 0.5, lambda m: 1.0) == max(c_tune.ROWS)
+    # rows that take the unpacked path whatever the threshold (nn/tn: two slivers) are not
+    # timed, and count as taken
+    timed = []
+    assert c_tune._crossing(lambda m: timed.append(m) or 1.0, lambda m: 1.0, always=16) == 16
+    assert min(timed) == 32
 
 
 def test_long_rows_leave_the_dot_path_at_dot_max_k(tmp_path):

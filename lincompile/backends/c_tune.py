@@ -4,7 +4,8 @@ flags that change the code, tiles), cached beside the build cache in
 
 - ``dot_max_m``: ``nt`` products (``Y = X·Wᵀ``) with at most this many rows compute dot
   products of the rows as they are; above it B is packed (transposed) once per call. Where
-  the crossing lies depends on the core (FMA ports, L2 bandwidth), so it is measured.
+  the crossing lies depends on the core (FMA ports, L2 bandwidth), so it is measured, on a
+  narrow and a wide layer alike (:data:`WIDTHS`).
 - ``dot_long_max_m``: the same for rows longer than ``dot_max_k`` (the 8 + 3 rows of a
   dot-product block then no longer fit in L1 together), measured at :data:`LONG_K`: a core
   whose FMAs outrun L2 (Zen 5) loses there what it gains at short rows.
@@ -50,10 +51,15 @@ from .build import (
 from .c_tiles import code_flags
 from .render import render
 
-VERSION = "5"   # bump when the measurement changes: old cached choices are then ignored
+VERSION = "6"   # bump when the measurement changes: old cached choices are then ignored
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SIZE = 512      # N = K of the timed nt products (W of 512 × 512: 1 MiB)
 LONG_K = 2048   # K of the timed long-row nt products (N = SIZE; rows 4 KiB apart, as usual)
+#: N of the timed short-row nt products: a narrow layer (where the packed path's last
+#: partial tile weighs most) and a wide one, equally weighted; at 64 rows the dot path's
+#: lead over packing ranges from 11 % to none across such widths, and timing one width
+#: alone put the crossing at 16, 32 or 64 rows from one measurement to the next
+WIDTHS = (128, SIZE)
 DIRECT_K = 128  # K of the timed nn products (N = SIZE; B of 256 KiB: the direct path's case)
 KNOBS = ("dot_max_m", "dot_long_max_m", "direct_max_m")
 #: the unpacked path is taken at a row count only where it takes at most this fraction of
@@ -103,11 +109,15 @@ def _source(tiles: dict) -> str:
             "lc_tune_direct;\n" + gemm + HARNESS)
 
 
-def _crossing(time_unpacked, time_packed) -> int:
+def _crossing(time_unpacked, time_packed, always: int = 0) -> int:
     """The largest row count of :data:`ROWS`, scanning up, up to which the unpacked path is
-    faster than the packed one by :data:`MARGIN` (0 if it is not already at one row)."""
+    faster than the packed one by :data:`MARGIN` (0 if it is not already at one row); row
+    counts up to ``always`` take the unpacked path whatever the threshold."""
     best = 0
     for m in ROWS:   # the median of 3 alternating timings of each: drift hits both alike
+        if m <= always:
+            best = m
+            continue
         a, b = zip(*((time_unpacked(m), time_packed(m)) for _ in range(3)))
         if sorted(a)[1] > sorted(b)[1] * MARGIN:
             break
@@ -141,11 +151,13 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
     ptr = lambda x: x.ctypes.data
 
     def timer(op: int, name: str, on: bool):
-        def run(m: int) -> float:
+        def run(m: int) -> float:   # seconds per output column, summed over the widths
             knob[name].value = 1 << 30 if on else 0
-            k = ks[name]
-            reps = max(1, int(2e6 / (m * SIZE * k / 16)))
-            return fn(op, m, SIZE, k, ptr(a), ptr(b), ptr(c), ptr(pack), 7, reps)
+            k, total = ks[name], 0.0
+            for n in WIDTHS if name == "dot" else (SIZE,):
+                reps = max(1, int(2e6 / (m * n * k / 16)))
+                total += fn(op, m, n, k, ptr(a), ptr(b), ptr(c), ptr(pack), 7, reps) / n
+            return total
         return run
 
     out = {k: tiles[k] for k in KNOBS}
@@ -153,7 +165,8 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
     for name, op in names:
         run_on, run_off = timer(op, name, True), timer(op, name, False)
         run_on(8), run_off(8)   # warm up
-        out[f"{name}_max_m"] = _crossing(run_on, run_off)
+        # nn/tn read B in place for two slivers of rows whatever direct_max_m says
+        out[f"{name}_max_m"] = _crossing(run_on, run_off, 2 * tiles["mr"] if op else 0)
     return out
 
 
