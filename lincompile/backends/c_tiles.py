@@ -9,7 +9,8 @@ the host's caches (the decisions; the template holds the code).
   streaming through), the packed B block (``kc`` × ``nc``) at most half of L2;
 - the thresholds (``dot_max_m``: ``nt`` products with at most this many rows skip
   packing, ``dot_long_max_m`` the same for rows longer than ``dot_max_k``, past which the
-  8 + 3 rows of a dot-product block no longer fit in L1 together; ``direct_max_m``:
+  8 + 3 rows of a dot-product block no longer fit in L1 together (at most
+  ``dot_aliased_max_m`` there for rows a multiple of 4 KiB apart); ``direct_max_m``:
   ``nn``/``tn`` products with at most this many rows read B in place, if B's ``K`` × ``N``
   floats fill at most half of L2: ``direct_max_kn``) come from a short measurement
   on the host (see :mod:`.c_tune`) or, without it, from defaults;
@@ -47,6 +48,10 @@ ROW_KERNELS = {"avx512": 0, "avx2": 1, "avx": 1, "vec4": 1, "scalar": 0}
 #: the defaults the thresholds take without a measurement
 DEFAULT_DOT_MAX_M = 16
 DEFAULT_DOT_LONG_MAX_M = 16
+#: the most rows ``nt`` takes the dot path for at long rows that lie a multiple of 4 KiB
+#: apart (all 8 + 3 rows of a block in the same L1 sets); not measured: the tune's long rows
+#: are not aliased
+DOT_ALIASED_MAX_M = 16
 DEFAULT_DIRECT_MAX_M = 64
 #: cache sizes assumed when the host does not say (bytes)
 DEFAULT_CACHES = {"L1": 32 * 1024, "L2": 1024 * 1024, "L3": 8 * 1024 * 1024}
@@ -54,7 +59,7 @@ DEFAULT_CACHES = {"L1": 32 * 1024, "L2": 1024 * 1024, "L3": 8 * 1024 * 1024}
 #: the tiles before any host information: what tests and docs may use as a fixed point
 TILES = {"mr": 8, "nr": 48, "kc": 384, "mc": 1536, "nc": 480, "direct_max_m": 64,
          "direct_max_kn": 262144, "dot_max_m": 16, "dot_max_k": 744, "dot_long_max_m": 16,
-         "pack_a_min_n": 0, "row_kernels": 0}
+         "dot_aliased_max_m": 16, "pack_a_min_n": 0, "row_kernels": 0}
 
 
 def code_flags(flags: Sequence[str]) -> list[str]:
@@ -165,7 +170,7 @@ def gemm_tiles(cflags: Sequence[str], tune: bool | None = None) -> dict[str, int
     mr, nr = REGISTER_TILES[isa]
     tiles = {"mr": mr, "nr": nr, **blocking(mr, nr, host_caches()),
              "direct_max_m": DEFAULT_DIRECT_MAX_M, "dot_max_m": DEFAULT_DOT_MAX_M,
-             "dot_long_max_m": DEFAULT_DOT_LONG_MAX_M,
+             "dot_long_max_m": DEFAULT_DOT_LONG_MAX_M, "dot_aliased_max_m": DOT_ALIASED_MAX_M,
              "pack_a_min_n": PACK_A_MIN_N[isa], "row_kernels": ROW_KERNELS[isa]}
     if tune is None:
         tune = os.environ.get("LINCOMPILE_TUNE", "1") != "0"

@@ -8,7 +8,8 @@ flags that change the code, tiles), cached beside the build cache in
   narrow and a wide layer alike (:data:`WIDTHS`).
 - ``dot_long_max_m``: the same for rows longer than ``dot_max_k`` (the 8 + 3 rows of a
   dot-product block then no longer fit in L1 together), measured at :data:`LONG_K`: a core
-  whose FMAs outrun L2 (Zen 5) loses there what it gains at short rows.
+  whose FMAs outrun L2 (Zen 5) loses there what it gains at short rows; one with half the
+  FMA rate (Zen 4) gains there too.
 - ``direct_max_m``: ``nn``/``tn`` products with at most this many rows read B in place.
 
 The measurement builds one small library (through the build cache), times both paths at a
@@ -51,10 +52,12 @@ from .build import (
 from .c_tiles import code_flags
 from .render import render
 
-VERSION = "6"   # bump when the measurement changes: old cached choices are then ignored
+VERSION = "7"   # bump when the measurement changes: old cached choices are then ignored
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SIZE = 512      # N = K of the timed nt products (W of 512 × 512: 1 MiB)
-LONG_K = 2048   # K of the timed long-row nt products (N = SIZE; rows 4 KiB apart, as usual)
+#: K of the timed long-row nt products (N = SIZE): rows 8000 bytes apart, not a multiple
+#: of 4 KiB (those share L1 sets, and the template caps them at dot_aliased_max_m)
+LONG_K = 2000
 #: N of the timed short-row nt products: a narrow layer (where the packed path's last
 #: partial tile weighs most) and a wide one, equally weighted; at 64 rows the dot path's
 #: lead over packing ranges from 11 % to none across such widths, and timing one width
