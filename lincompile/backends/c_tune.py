@@ -13,7 +13,7 @@ flags that change the code, tiles), cached beside the build cache in
 - ``direct_max_m``: ``nn``/``tn`` products with at most this many rows read B in place.
 
 The measurement builds one small library (through the build cache), times both paths at a
-few row counts on a fixed-size product, interleaved, taking medians of per-thread CPU time
+few row counts on fixed-size products, interleaved, taking medians of per-thread CPU time
 (so other load on the machine disturbs it little), and takes the largest row count up to
 which the unpacked path is clearly faster (by :data:`MARGIN`: near the crossing both paths
 run within a few per cent of each other, and timing noise would otherwise move the choice
@@ -129,7 +129,7 @@ def _crossing(time_unpacked, time_packed, always: int = 0) -> int:
 
 
 def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, int]:
-    """Time both paths of both thresholds on this host (see the module docstring)."""
+    """Time both paths of each threshold on this host (see the module docstring)."""
     flags = code_flags(cflags)   # what the cache key holds (one thread is measured)
     files = {"tune.c": _source(tiles)}
     cmd = cc_line(flags, "tune.c", "libtune.so")
