@@ -1,6 +1,6 @@
 """Host arrays on 64-byte lines: what the generated C kernels read fastest.
 
-numpy's own allocations start 16 or 48 bytes past a cache line about as often as not;
+numpy's own allocations start 16, 32 or 48 bytes past a cache line about as often as not;
 every 64-byte vector load of such an array then spans two lines, which costs hosts with
 full-width AVX-512 loads (Zen 5: the MLP step about 3 µs per such weight or batch).
 """
