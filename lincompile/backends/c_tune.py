@@ -64,7 +64,10 @@ LONG_K = 2000
 #: alone put the crossing at 16, 32 or 64 rows from one measurement to the next
 WIDTHS = (128, SIZE)
 DIRECT_K = 128  # K of the timed nn products (N = SIZE; B of 256 KiB: the direct path's case)
-KNOBS = ("dot_max_m", "dot_long_max_m", "direct_max_m")
+#: the measured thresholds, ``<name>_max_m`` each, with the product that times them (0 nt,
+#: 1 nn); the generated code reads each from ``int lc_tune_<name>`` in the measurement
+TIMED = {"dot": 0, "dot_long": 0, "direct": 1}
+KNOBS = tuple(f"{name}_max_m" for name in TIMED)
 #: the unpacked path is taken at a row count only where it takes at most this fraction of
 #: the packed path's time
 MARGIN = 0.95
@@ -105,11 +108,9 @@ double lc_tune_time(int op, int M, int N, int K, const float *A, const float *B,
 
 
 def _source(tiles: dict) -> str:
-    t = {**tiles, "dot_max_m": "lc_tune_dot", "dot_long_max_m": "lc_tune_dot_long",
-         "direct_max_m": "lc_tune_direct"}
-    gemm = render("c/gemm.c.j2", None, **t)
-    return ("#define _POSIX_C_SOURCE 199309L\nint lc_tune_dot, lc_tune_dot_long, "
-            "lc_tune_direct;\n" + gemm + HARNESS)
+    names = [f"lc_tune_{name}" for name in TIMED]
+    gemm = render("c/gemm.c.j2", None, **{**tiles, **dict(zip(KNOBS, names))})
+    return f"#define _POSIX_C_SOURCE 199309L\nint {', '.join(names)};\n" + gemm + HARNESS
 
 
 def _crossing(time_unpacked, time_packed, always: int = 0) -> int:
@@ -138,8 +139,7 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
     fn = lib.lc_tune_time
     fn.restype = ctypes.c_double
     fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2
-    knob = {name: ctypes.c_int.in_dll(lib, f"lc_tune_{name}")
-            for name in ("dot", "dot_long", "direct")}
+    knob = {name: ctypes.c_int.in_dll(lib, f"lc_tune_{name}") for name in TIMED}
     # the K of each measurement: short rows (within dot_max_k), long rows (past it), nn
     short = max(16, min(SIZE, tiles["dot_max_k"]) // 16 * 16)
     ks = {"dot": short, "dot_long": max(LONG_K, tiles["dot_max_k"] + 512),
@@ -164,8 +164,9 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
         return run
 
     out = {k: tiles[k] for k in KNOBS}
-    names = (("dot", 0), ("dot_long", 0), ("direct", 1)) if dot else (("direct", 1),)
-    for name, op in names:
+    for name, op in TIMED.items():
+        if op == 0 and not dot:
+            continue
         run_on, run_off = timer(op, name, True), timer(op, name, False)
         run_on(8), run_off(8)   # warm up
         # nn/tn read B in place for two slivers of rows whatever direct_max_m says
