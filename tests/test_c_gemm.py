@@ -80,10 +80,16 @@ def lib(request, tmp_path_factory):
     if name == "x86-64-v3":
         assert c_tiles.target_isa(flags) == "avx2"
     tiles = tiles or c_tiles.gemm_tiles(flags, tune=False)
+    return name, "-fopenmp" in flags, build_gemm(tiles, flags, tmp_path_factory.mktemp(name))
+
+
+def build_gemm(tiles, flags, folder):
+    """templates/c/gemm.c.j2 and small_gemm.c.j2 rendered with ``tiles``, behind the t_/f_
+    wrappers, built with ``flags`` in ``folder``."""
     src = (render("c/gemm.c.j2", **tiles) + "\nstatic float pack[1 << 22];\n" + WRAP
            + "\n#define LC_UNUSED __attribute__((unused))\n" + render("c/small_gemm.c.j2")
            + SMALL_WRAP)
-    return name, "-fopenmp" in flags, build_c_library(src, flags, tmp_path_factory.mktemp(name))
+    return build_c_library(src, flags, folder)
 
 
 def call(lib, lay, a, b, c, alpha, beta, bias, act, threads=1):
@@ -277,9 +283,8 @@ def test_long_rows_leave_the_dot_path_at_dot_max_k(tmp_path):
     for name, tiles in (("dot", UNPACKED), ("packed", PACKED),
                         ("long", {**UNPACKED, "dot_max_k": 64, "dot_long_max_m": 0}),
                         ("aliased", {**UNPACKED, "dot_max_k": 64, "dot_aliased_max_m": 0})):
-        src = render("c/gemm.c.j2", **tiles) + "\nstatic float pack[1 << 22];\n" + WRAP
         (tmp_path / name).mkdir()
-        libs[name] = build_c_library(src, flags, tmp_path / name)
+        libs[name] = build_gemm(tiles, flags, tmp_path / name)
     rng = np.random.default_rng(3)
     differ = set()
     for k, long, aliased in ((1, "dot", "dot"), (63, "dot", "dot"), (64, "dot", "dot"),
