@@ -45,6 +45,11 @@ def test_compile_model_and_training_step_then_call_the_library(tmp_path):
     lib.model_forward(ctypes.c_long(n), ptr(x), *map(ptr, params), ptr(out), ptr(ws))
     want = lc.compile(model, "reference", dtype="float64").run({"x": x})["fc2"]
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    # its one-array twin: the same pointers packed in order, the same bits
+    out2 = np.full((n, 3), np.nan, np.float32)
+    argv = (ctypes.c_void_p * 7)(*(a.ctypes.data for a in (x, *params, out2, ws)))
+    lib.model_forward_argv(ctypes.c_long(n), argv)
+    np.testing.assert_array_equal(out2, out)
     # the training step it built: from model_train_step_init's state, 4 steps, each output
     # (feeding the library's own state back) within the bound of the float64 reference
     t = lc.training_graph(model, loss="cross-entropy", optimizer=lc.SGD(0.1))

@@ -13,8 +13,9 @@ with; :func:`write_c_sources` writes that pair plus a Makefile for use outside P
 from __future__ import annotations
 
 import ctypes
-import math
+import operator
 import os
+import struct
 import sys
 import threading
 import weakref
@@ -31,7 +32,7 @@ from ..errors import CompileError, FeedError
 from ..files import refuse_foreign, write_texts
 from ..ir import Graph, Value
 from . import base
-from .base import Executable, check_feeds, check_values
+from .base import Executable, check_feeds, check_values, label_inputs
 from .build import build, bytecode_dir, cc_line, load_library
 from .c_kernels import (
     BatchLimit,
@@ -60,6 +61,8 @@ MAX_WORKSPACE = 2**62
 LONG_MAX = 2**63 - 1
 #: column pairs (32 columns each) of the bf16 kernels' L2-resident B panel (gemm_bf16.c.j2)
 BF16_NCP = 8
+#: what :meth:`_Call.fast` compares of each feed with the feeds it accepted last
+_SIGNATURE = operator.attrgetter("shape", "dtype", "strides")
 
 
 def default_threads() -> int:
@@ -203,7 +206,8 @@ class _Source:
         layout = ([f"sizeof(float) * ({pack})" if bf16 else
                    f"sizeof(float) * LC_THREADS * {pack}"] if base else []) + [
             s.c() for s in plan.slots]
-        text = self._text(name, graph, plan, ptr, init, layout=layout, decls=decls, steps=body)
+        text = self._text(name, graph, plan, ptr, init, layout=layout, decls=decls, steps=body,
+                          argv=self._argv(name, graph))
         # at most this many pack bytes, whatever the product (gemm.c.j2's lc_gemm_pack_floats)
         t = self.tiles() if base else TILES
         k = t["kc"]
@@ -235,6 +239,17 @@ class _Source:
                 "signature": self._signature(name, graph),
                 "what": f"{kind} '{c_comment(graph.name)}'", "doc": self._doc(graph, plan),
                 "init": self._init(name, graph) if init else None}
+
+    def _argv(self, name: str, graph: Graph) -> dict[str, str]:
+        """The one-array twin of entry ``name``: its call of the entry point, and what it
+        returns: whether a loss that reads class labels came out NaN or infinite (a label
+        out of range makes it NaN), so that a caller checks the labels only then."""
+        nargs = len(graph.inputs) + len(graph.outputs) + len(self.TRAILING)
+        call = wrap_args(f"{self.prefix}_{name}(", ["N", *(f"arg[{i}]" for i in range(nargs))])
+        guards = _label_guards(graph, list(label_inputs(graph))) or []
+        flag = [f"lc_nonfinite{CTYPES[v.dtype].itemsize * 8}(arg[{len(graph.inputs) + j}])"
+                for j, v in enumerate(graph.outputs) if v.name in guards]
+        return {"call": call, "flag": " || ".join(flag) or "0"}
 
     def _signature(self, name: str, graph: Graph) -> str:
         args = ["long N"]
@@ -459,6 +474,8 @@ class CExecutable(Executable):
         self._fn.restype = None
         self._fn.argtypes = [ctypes.c_long] + [ctypes.c_void_p] * (
             len(graph.inputs) + len(graph.outputs) + 1)
+        self._argv = getattr(self.lib, f"{prefix}_{entry.name}_argv")
+        self._argv.restype, self._argv.argtypes = ctypes.c_int, [ctypes.c_long, ctypes.c_void_p]
         self._ws_size = self.lib[f"{prefix}_workspace_size"]
         self._ws_size.restype, self._ws_size.argtypes = ctypes.c_size_t, [ctypes.c_long]
         self._what = f"graph '{graph.name}' on target {self.target}"
@@ -533,13 +550,14 @@ class _Call:
     """One thread's fast path of :meth:`CExecutable.run` at one batch size ``n``: the feed
     signature it last accepted (shapes, dtypes, strides), the workspace address, scalar
     feeds copied into buffers of its own, input addresses remembered per array object
-    (weakly), and output buffers used again once their caller has let go of them."""
+    (weakly), output buffers used again once their caller has let go of them, and the
+    pointer array of the entry point's one-argument twin (``<prefix>_<entry>_argv``)."""
 
     POOL = 3   # output buffers kept per output (a training loop holds the last one or two)
 
     def __init__(self, exe: CExecutable, n: int):
         g = exe.graph
-        self.exe, self.n, self.fn = exe, n, exe._fn
+        self.exe, self.n, self.fn = exe, n, exe._argv
         self.ws = exe.workspace(n)   # refuses a batch too large, before anything else
         self.names, self.out_names = exe.input_names, exe.output_names
         self.sig: list | None = None   # (shape, dtype, strides) of the feeds accepted at n
@@ -554,13 +572,20 @@ class _Call:
         rules = exe._rules
         self.labels = [(i, v.name) for i, v in enumerate(g.inputs) if v.name in rules.labels]
         self.counts = [(i, v.name) for i, v in enumerate(g.inputs) if v.name in rules.counts]
-        self.guards = _label_guards(g, [name for _, name in self.labels])
-        self.outputs = [([], tuple(n if isinstance(d, str) else d for d in v.shape),
+        # whether every label input has a loss whose NaN the entry point reports (else the
+        # labels are checked before every call)
+        self.guarded = _label_guards(g, [name for _, name in self.labels]) is not None
+        self.outputs = [(v.name, [], tuple(n if isinstance(d, str) else d for d in v.shape),
                          np.dtype(v.dtype)) for v in g.outputs]
+        # the entry point's pointers, packed into one array for its _argv twin: one ctypes
+        # argument instead of one per tensor
+        self.pack = struct.Struct(f"{len(g.inputs) + len(g.outputs) + 1}P").pack_into
+        self.argv = (ctypes.c_void_p * (len(g.inputs) + len(g.outputs) + 1))()
+        self.argv_address = ctypes.addressof(self.argv)
 
     def accept(self, checked: dict[str, np.ndarray]) -> None:
         """Remember the signature of feeds that passed every check."""
-        self.sig = [(a.shape, a.dtype, a.strides) for a in (checked[k] for k in self.names)]
+        self.sig = [_SIGNATURE(checked[k]) for k in self.names]
 
     def fast(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
         """The outputs, if ``feeds`` have the signature accepted last (else None: take the
@@ -569,33 +594,32 @@ class _Call:
         if self.sig is None or len(feeds) != len(names):
             return None
         try:
-            arrays = [feeds[k] for k in names]
+            arrays = list(map(feeds.__getitem__, names))
             for i, buf, numbers, dt in self.scalars:   # numbers, 0-d arrays, numpy scalars
                 a = arrays[i]
                 if type(a) not in numbers and (a.dtype is not dt or a.shape != ()):
                     return None
                 buf[()] = a
                 arrays[i] = buf
-            if [(a.shape, a.dtype, a.strides) for a in arrays] != self.sig:
+            if list(map(_SIGNATURE, arrays)) != self.sig:
                 return None
         except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
             return None   # the checked path says what is wrong, if anything
         for i, name in self.counts:   # Adam's step: a scalar, cheap to look at each time
             check_values(name, arrays[i], self.exe._rules)
-        if self.guards is None:
+        if not self.guarded:
             self._check_labels(arrays)
         addr, ins = self.addr, []
         for a in arrays:
             hit = addr.get(id(a))
-            ptr = hit[1] if hit is not None and hit[0]() is a else self._remember(a)
-            if ptr is None:
-                return None   # not aligned: the checked path copies it
-            ins.append(ptr)
-        outs = self._call(ins, False)
-        if self.guards is not None:   # a bad label makes its loss NaN: look only then
-            for name in self.guards:
-                if not math.isfinite(outs[name]):
-                    self._check_labels(arrays)
+            if hit is None or hit[0]() is not a:
+                hit = self._remember(a)
+                if hit is None:
+                    return None   # not aligned: the checked path copies it
+            ins.append(hit[1])
+        outs, nan_loss = self._call(ins, False)
+        if nan_loss and self.guarded:   # a bad label makes its loss NaN: look only then
+            self._check_labels(arrays)
         return outs
 
     def _check_labels(self, arrays: list[np.ndarray]) -> None:
@@ -605,10 +629,11 @@ class _Call:
     def slow(self, checked: dict[str, np.ndarray], poison: bool) -> dict[str, np.ndarray]:
         """The outputs for feeds that :func:`.base.check_feeds` has just returned."""
         arrays = [np.require(checked[k], requirements=["C", "A"]) for k in self.names]
-        return self._call([a.ctypes.data for a in arrays], poison)
+        return self._call([a.ctypes.data for a in arrays], poison)[0]
 
-    def _remember(self, a: np.ndarray) -> int | None:
-        """The address of ``a`` (None if it is not aligned), remembered while ``a`` lives."""
+    def _remember(self, a: np.ndarray) -> tuple[weakref.ref, int] | None:
+        """``a`` (weakly) and its address, remembered while ``a`` lives; None if ``a`` is
+        not aligned."""
         ptr = a.ctypes.data
         if ptr % a.dtype.alignment:
             return None
@@ -616,31 +641,32 @@ class _Call:
             self.addr.clear()
             for _, buf, _, _ in self.scalars:
                 self._remember(buf)
-        self.addr[id(a)] = (weakref.ref(a), ptr)
-        return ptr
+        self.addr[id(a)] = hit = (weakref.ref(a), ptr)
+        return hit
 
-    def _call(self, ins: list[int], poison: bool) -> dict[str, np.ndarray]:
+    def _call(self, ins: list[int], poison: bool) -> tuple[dict[str, np.ndarray], int]:
         """Call the entry point on input addresses ``ins`` (their arrays held by the
-        caller) and return the outputs."""
-        outs, ptrs, free, refs = [], [], _FREE, sys.getrefcount
-        for pool, shape, dt in self.outputs:
+        caller): the outputs, and whether a loss reading class labels is not finite."""
+        outs: dict[str, np.ndarray] = {}
+        ptrs, (f0, f1), refs = [], _FREE or (-1, -1), sys.getrefcount
+        for name, pool, shape, dt in self.outputs:
             if poison:
                 a = np.full(shape, np.iinfo(np.int64).min if dt == np.int64 else np.nan, dt)
-                outs.append(a)
+                outs[name] = a
                 ptrs.append(a.ctypes.data)
                 continue
             for entry in pool:   # a buffer nobody but the pool holds any more
-                if refs(entry[0]) == free[0] and refs(entry[2]) == free[1]:
+                if refs(entry[0]) == f0 and refs(entry[2]) == f1:
                     break
             else:
                 a = empty_aligned(shape, dt)
                 entry = (a, a.ctypes.data, a.base)   # views of a hold a.base, not a
-                if len(pool) < self.POOL:
+                if len(pool) < self.POOL and _FREE:
                     pool.append(entry)
-            outs.append(entry[0])
+            outs[name] = entry[0]
             ptrs.append(entry[1])
-        self.fn(self.n, *ins, *ptrs, self.ws)
-        return dict(zip(self.out_names, outs))
+        self.pack(self.argv, 0, *ins, *ptrs, self.ws)
+        return outs, self.fn(self.n, self.argv_address)
 
 
 def _label_guards(graph: Graph, labels: list[str]) -> list[str] | None:
