@@ -164,7 +164,7 @@ def blocking(mr: int, nr: int, caches: dict[str, int]) -> dict[str, int]:
 def gemm_tiles(cflags: Sequence[str], tune: bool | None = None) -> dict[str, int]:
     """The template variables of ``gemm.c.j2`` for code built with ``cflags`` on this host.
 
-    ``tune`` (default: unless ``LINCOMPILE_TUNE=0``) measures the two thresholds once per
+    ``tune`` (default: unless ``LINCOMPILE_TUNE=0``) measures the three thresholds once per
     host CPU, compiler and flags and caches the result (:func:`.c_tune.thresholds`)."""
     isa = target_isa(cflags)
     mr, nr = REGISTER_TILES[isa]
