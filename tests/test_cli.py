@@ -303,7 +303,7 @@ def test_compile_prints_every_entry_point_of_the_header(tmp_path, model_file):
     printed = re.search(r"entry points: (.*) \(documented", r.stdout).group(1).split(", ")
     header = (tmp_path / "c" / "model.h").read_text()
     declared = sorted(set(re.findall(r"\b(model_\w+)\(", header)))
-    assert sorted(printed) == declared and len(declared) == 4
+    assert sorted(printed) == declared and len(declared) == 6
 
 
 def test_output_cut_short_by_the_reader_ends_quietly(model_file):

@@ -31,7 +31,7 @@ def test_compile_model_and_training_step_then_call_the_library(tmp_path):
     r = cli("compile", tmp_path / "tiny.onnx", "--target", "c", "-o", tmp_path / "out",
             "--train", "--loss", "cross-entropy", "--optimizer", "sgd", "--lr", "0.1")
     assert r.returncode == 0, r.stderr
-    assert "model_forward, model_train_step" in r.stdout
+    assert "model_forward, model_forward_argv, model_train_step" in r.stdout
     build = subprocess.run(["make", "-C", str(tmp_path / "out")], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     lib = ctypes.CDLL(str(tmp_path / "out" / "libmodel.so"))
