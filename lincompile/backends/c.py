@@ -240,16 +240,18 @@ class _Source:
                 "what": f"{kind} '{c_comment(graph.name)}'", "doc": self._doc(graph, plan),
                 "init": self._init(name, graph) if init else None}
 
-    def _argv(self, name: str, graph: Graph) -> dict[str, str]:
+    def _argv(self, name: str, graph: Graph) -> dict:
         """The one-array twin of entry ``name``: its call of the entry point, and what it
         returns: whether a loss that reads class labels came out NaN or infinite (a label
-        out of range makes it NaN), so that a caller checks the labels only then."""
+        out of range makes it NaN), so that a caller checks the labels only then;
+        ``guarded``: whether every label input has such a loss (else the twin returns 0
+        and a caller checks the labels before every call)."""
         nargs = len(graph.inputs) + len(graph.outputs) + len(self.TRAILING)
         call = wrap_args(f"{self.prefix}_{name}(", ["N", *(f"arg[{i}]" for i in range(nargs))])
-        guards = _label_guards(graph, list(label_inputs(graph))) or []
+        guards = _label_guards(graph, list(label_inputs(graph)))
         flag = [f"lc_nonfinite{CTYPES[v.dtype].itemsize * 8}(arg[{len(graph.inputs) + j}])"
-                for j, v in enumerate(graph.outputs) if v.name in guards]
-        return {"call": call, "flag": " || ".join(flag) or "0"}
+                for j, v in enumerate(graph.outputs) if v.name in (guards or ())]
+        return {"call": call, "flag": " || ".join(flag) or "0", "guarded": guards is not None}
 
     def _signature(self, name: str, graph: Graph) -> str:
         args = ["long N"]
@@ -572,15 +574,14 @@ class _Call:
         rules = exe._rules
         self.labels = [(i, v.name) for i, v in enumerate(g.inputs) if v.name in rules.labels]
         self.counts = [(i, v.name) for i, v in enumerate(g.inputs) if v.name in rules.counts]
-        # whether every label input has a loss whose NaN the entry point reports (else the
-        # labels are checked before every call)
-        self.guarded = _label_guards(g, [name for _, name in self.labels]) is not None
+        self.guarded = exe.entry.text["argv"]["guarded"]   # (see _Source._argv)
         self.outputs = [(v.name, [], tuple(n if isinstance(d, str) else d for d in v.shape),
                          np.dtype(v.dtype)) for v in g.outputs]
         # the entry point's pointers, packed into one array for its _argv twin: one ctypes
         # argument instead of one per tensor
-        self.pack = struct.Struct(f"{len(g.inputs) + len(g.outputs) + 1}P").pack_into
-        self.argv = (ctypes.c_void_p * (len(g.inputs) + len(g.outputs) + 1))()
+        nargs = len(g.inputs) + len(g.outputs) + 1
+        self.pack = struct.Struct(f"{nargs}P").pack_into
+        self.argv = (ctypes.c_void_p * nargs)()
         self.argv_address = ctypes.addressof(self.argv)
 
     def accept(self, checked: dict[str, np.ndarray]) -> None:

@@ -82,8 +82,8 @@ def compile_(a) -> int:
         paths = write_c_sources(graphs, a.output, prefix=a.prefix, threads=a.threads,
                                 precision=a.precision, force=a.force)
     print(f"wrote {', '.join(str(p) for p in paths)}")
-    entries = [f"{a.prefix}_{e}{twin}" for e in graphs
-               for twin in ("", "_argv")[:2 if a.target == "c" else 1]]
+    twins = ("", "_argv") if a.target == "c" else ("",)   # C: each entry's one-array twin
+    entries = [f"{a.prefix}_{e}{twin}" for e in graphs for twin in twins]
     entries += [f"{a.prefix}_{e}_init" for e, g in graphs.items() if g.initial_state]
     entries.append(f"{a.prefix}_workspace_size")
     if a.target == "c" and a.precision == "bf16":
