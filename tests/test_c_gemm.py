@@ -24,15 +24,15 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C co
 BIG = 1 << 30
 TINY = {"mr": 2, "nr": 16, "kc": 8, "mc": 4, "nc": 32, "direct_max_m": 4,
         "direct_max_kn": BIG, "dot_max_m": 4, "dot_max_k": 24, "dot_long_max_m": 2,
-        "dot_aliased_max_m": 1, "dot_prefetch_kn": 64, "pack_a_min_n": 32, "row_kernels": 1}
+        "dot_aliased_max_m": 1, "far_floats": 64, "pack_a_min_n": 32, "row_kernels": 1}
 #: every path at once: nt by dot products (fetching B ahead wherever K allows), nn/tn with
 #: B in place, at any size
 UNPACKED = {**TILES, "direct_max_m": BIG, "direct_max_kn": BIG, "dot_max_m": BIG,
-            "dot_long_max_m": BIG, "dot_aliased_max_m": BIG, "dot_prefetch_kn": 0}
+            "dot_long_max_m": BIG, "dot_aliased_max_m": BIG, "far_floats": 0}
 #: everything packed (no dot products, no A or B in place; B in place only where two slivers
-#: of A hold every row)
+#: of A hold every row), C fetched ahead wherever K is short
 PACKED = {**TILES, "direct_max_m": 0, "dot_max_m": 0, "dot_long_max_m": 0,
-          "dot_aliased_max_m": 0, "pack_a_min_n": 1}
+          "dot_aliased_max_m": 0, "pack_a_min_n": 1, "far_floats": 0}
 V3 = ["-O2", "-march=x86-64-v3"]
 NATIVE = ["-O2", "-march=native"]
 #: name -> (tiles, flags); tiles None: what the generator picks for the flags (untuned)
@@ -224,7 +224,7 @@ def test_blocking_follows_the_cache_sizes(tmp_path):
     assert 8 * small["kc"] * 4 <= caches["L1"] // 4
     assert small["kc"] * small["nc"] * 4 <= caches["L2"] // 2
     assert big["nc"] > small["nc"] and big["direct_max_kn"] == (2 << 20) // 8
-    assert big["dot_prefetch_kn"] == 4 * (2 << 20) // 4   # floats in four times L2
+    assert big["far_floats"] == 4 * (2 << 20) // 4   # floats in four times L2
     for b, c in ((small, caches), (big, {"L1": 48 << 10})):   # a dot block's 11 rows in L1
         assert 11 * 4 * b["dot_max_k"] <= c["L1"] < 11 * 4 * (b["dot_max_k"] + 1)
     assert c_tiles.host_caches.__wrapped__(str(tmp_path / "none")) == c_tiles.DEFAULT_CACHES

@@ -14,9 +14,9 @@ the host's caches (the decisions; the template holds the code).
   ``nn``/``tn`` products with at most this many rows read B in place, if B's ``K`` × ``N``
   floats fill at most half of L2: ``direct_max_kn``) come from a short measurement
   on the host (see :mod:`.c_tune`) or, without it, from defaults;
-- ``dot_prefetch_kn``: the dot path fetches B ahead of its loads where B (the rows one
-  thread reads) holds more floats than this: four times L2's bytes, past which B comes
-  from L3 or memory faster with the fetch than without it;
+- ``far_floats``: an operand of more floats than this (four times L2's bytes) lies beyond
+  the caches, where the hardware prefetcher alone does not keep up: the dot path fetches
+  such a B ahead of its loads, and products with a short K such a C;
 - whether ``nt``/``nn`` pack A, whose rows run along k (``pack_a_min_n``: from that many
   columns on, 0 never), follows the register count of the ISA.
 """
@@ -62,7 +62,7 @@ DEFAULT_CACHES = {"L1": 32 * 1024, "L2": 1024 * 1024, "L3": 8 * 1024 * 1024}
 #: the tiles before any host information: what tests and docs may use as a fixed point
 TILES = {"mr": 8, "nr": 48, "kc": 384, "mc": 1536, "nc": 480, "direct_max_m": 64,
          "direct_max_kn": 262144, "dot_max_m": 16, "dot_max_k": 744, "dot_long_max_m": 16,
-         "dot_aliased_max_m": 16, "dot_prefetch_kn": 1048576, "pack_a_min_n": 0,
+         "dot_aliased_max_m": 16, "far_floats": 1048576, "pack_a_min_n": 0,
          "row_kernels": 0}
 
 
@@ -164,7 +164,7 @@ def blocking(mr: int, nr: int, caches: dict[str, int]) -> dict[str, int]:
     return {"kc": kc, "mc": mc, "nc": nc, "direct_max_kn": caches["L2"] // 8,
             "dot_max_k": caches["L1"] // (4 * (8 + 3)),   # a dot block's rows share L1
             # a B of more floats (four times L2's bytes) comes from L3 or memory
-            "dot_prefetch_kn": caches["L2"]}
+            "far_floats": caches["L2"]}
 
 
 def gemm_tiles(cflags: Sequence[str], tune: bool | None = None) -> dict[str, int]:
