@@ -273,6 +273,45 @@ def test_crossing_needs_a_clear_win_so_noise_cannot_move_it():
     assert min(timed) == 32
 
 
+def test_crossing_judges_each_shape_on_its_own():
+    """With a time per shape, rows keep the unpacked path while it is clearly faster at one
+    shape and not clearly slower at any: a lead at a narrow layer with a tie at a wide one
+    counts (a sum of the two would sit at the margin, and noise would move the choice), a
+    lead at one shape bought with a clear loss at another does not."""
+    rng = np.random.default_rng(2)
+    lead = {1: 0.5, 2: 0.5, 4: 0.6, 8: 0.6, 16: 0.7, 32: 0.8, 64: 0.89, 128: 1.0, 256: 1.2}
+    tie = {1: 0.6, 2: 0.6, 4: 0.7, 8: 0.7, 16: 0.8, 32: 0.9, 64: 1.0, 128: 1.1, 256: 1.3}
+    picks = set()
+    for _ in range(200):
+        jitter = lambda: 1 + rng.uniform(-0.02, 0.02)
+        picks.add(c_tune._crossing(lambda m: [lead[m] * jitter(), tie[m] * jitter()],
+                                   lambda m: [1.0, 1.0]))
+    assert picks == {64}
+    loss = {**tie, 16: 1.08}   # a clear loss at the second shape from 16 rows on
+    assert c_tune._crossing(lambda m: [lead[m], loss[m]], lambda m: [1.0, 1.0]) == 8
+
+
+def test_thresholds_are_measured_on_aligned_operands(monkeypatch):
+    """The measurement's operands and pack area lie on 64-byte lines, as the generated
+    code's own buffers do (numpy's large arrays do not, and the dot path's loads then span
+    two lines: that would measure it slower than it runs)."""
+    seen = []
+    real = c_tune.load_library
+
+    def spy(path):   # the timing function, replaced: it records the pointers it is given
+        lib = real(path)
+
+        def timed(*args):
+            seen.extend(args[4:8])
+            return 1e-3
+        lib.lc_tune_time = timed
+        return lib
+    monkeypatch.setattr(c_tune, "load_library", spy)
+    flags = ["-O2"]
+    c_tune.measure(flags, c_tiles.gemm_tiles(flags, tune=False), dot=False)
+    assert seen and all(p % 64 == 0 for p in seen)
+
+
 def test_long_rows_leave_the_dot_path_at_dot_max_k(tmp_path):
     """nt rows up to dot_max_k long take the dot-product path up to dot_max_m rows; longer
     ones only up to dot_long_max_m, and rows a multiple of 4 KiB apart only up to

@@ -5,7 +5,8 @@ flags that change the code, tiles), cached beside the build cache in
 - ``dot_max_m``: ``nt`` products (``Y = X·Wᵀ``) with at most this many rows compute dot
   products of the rows as they are; above it B is packed (transposed) once per call. Where
   the crossing lies depends on the core (FMA ports, L2 bandwidth), so it is measured, on a
-  narrow and a wide layer alike (:data:`WIDTHS`).
+  narrow and a wide layer (:data:`WIDTHS`): rows go on taking the dot path while it is
+  clearly faster at one of them and not clearly slower at the other.
 - ``dot_long_max_m``: the same for rows longer than ``dot_max_k`` (the 8 + 3 rows of a
   dot-product block then no longer fit in L1 together), measured at :data:`LONG_K`: a core
   whose FMAs outrun L2 (Zen 5) loses there what it gains at short rows; one with half the
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arrays import aligned_copy, empty_aligned
 from ..errors import CompileError
 from .build import (
     build_cached,
@@ -52,16 +54,17 @@ from .build import (
 from .c_tiles import code_flags
 from .render import render
 
-VERSION = "7"   # bump when the measurement changes: old cached choices are then ignored
+VERSION = "8"   # bump when the measurement changes: old cached choices are then ignored
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SIZE = 512      # N = K of the timed nt products (W of 512 × 512: 1 MiB)
 #: K of the timed long-row nt products (N = SIZE): rows 8000 bytes apart, not a multiple
 #: of 4 KiB (those share L1 sets, and the template caps them at dot_aliased_max_m)
 LONG_K = 2000
 #: N of the timed short-row nt products: a narrow layer (where the packed path's last
-#: partial tile weighs most) and a wide one, equally weighted; at 64 rows the dot path's
-#: lead over packing ranges from 11 % to none across such widths, and timing one width
-#: alone put the crossing at 16, 32 or 64 rows from one measurement to the next
+#: partial tile weighs most) and a wide one, each judged on its own; at 64 rows the dot
+#: path's lead over packing ranges from 11 % to none across such widths. Timing one width
+#: alone put the crossing at 16, 32 or 64 rows from one measurement to the next, and so did
+#: the two widths' times summed (a lead near the margin at 64 rows)
 WIDTHS = (128, SIZE)
 DIRECT_K = 128  # K of the timed nn products (N = SIZE; B of 256 KiB: the direct path's case)
 #: the measured thresholds, ``<name>_max_m`` each, with the product that times them (0 nt,
@@ -69,7 +72,8 @@ DIRECT_K = 128  # K of the timed nn products (N = SIZE; B of 256 KiB: the direct
 TIMED = {"dot": 0, "dot_long": 0, "direct": 1}
 KNOBS = tuple(f"{name}_max_m" for name in TIMED)
 #: the unpacked path is taken at a row count only where it takes at most this fraction of
-#: the packed path's time
+#: the packed path's time at some timed shape, and at most the packed time over this
+#: fraction at every one
 MARGIN = 0.95
 _LOCK = threading.Lock()
 _MEMO: dict[Path, dict[str, int]] = {}
@@ -115,15 +119,20 @@ def _source(tiles: dict) -> str:
 
 def _crossing(time_unpacked, time_packed, always: int = 0) -> int:
     """The largest row count of :data:`ROWS`, scanning up, up to which the unpacked path is
-    faster than the packed one by :data:`MARGIN` (0 if it is not already at one row); row
-    counts up to ``always`` take the unpacked path whatever the threshold."""
+    faster than the packed one by :data:`MARGIN` at some shape and slower by no more than
+    that at any (0 if not already at one row). The timers return a time per shape, or one
+    time. A decision near the crossing can then cost at most the margin at any shape,
+    while one taken on a sum of shapes could lose more at one than it gained at another.
+    Row counts up to ``always`` take the unpacked path whatever the threshold."""
     best = 0
-    for m in ROWS:   # the median of 3 alternating timings of each: drift hits both alike
+    for m in ROWS:   # the median of 5 alternating timings of each: drift hits both alike
         if m <= always:
             best = m
             continue
-        a, b = zip(*((time_unpacked(m), time_packed(m)) for _ in range(3)))
-        if sorted(a)[1] > sorted(b)[1] * MARGIN:
+        runs = [(np.atleast_1d(time_unpacked(m)), np.atleast_1d(time_packed(m)))
+                for _ in range(5)]
+        a, b = (np.median([r[i] for r in runs], axis=0) for i in (0, 1))
+        if not ((a <= b * MARGIN).any() and (a * MARGIN <= b).all()):
             break
         best = m
     return best
@@ -140,27 +149,30 @@ def measure(cflags: Sequence[str], tiles: dict, dot: bool = True) -> dict[str, i
     fn.restype = ctypes.c_double
     fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2
     knob = {name: ctypes.c_int.in_dll(lib, f"lc_tune_{name}") for name in TIMED}
-    # the K of each measurement: short rows (within dot_max_k), long rows (past it), nn
+    # the (N, K) of each measurement: short rows (within dot_max_k) at both widths, long
+    # rows (past it), nn
     short = max(16, min(SIZE, tiles["dot_max_k"]) // 16 * 16)
-    ks = {"dot": short, "dot_long": max(LONG_K, tiles["dot_max_k"] + 512),
-          "direct": DIRECT_K}
+    shapes = {"dot": [(n, short) for n in WIDTHS],
+              "dot_long": [(SIZE, max(LONG_K, tiles["dot_max_k"] + 512))],
+              "direct": [(SIZE, DIRECT_K)]}
     rng = np.random.default_rng(0)
-    m_max, k_max = max(ROWS), max(ks.values())
-    a = rng.standard_normal((m_max, k_max)).astype(np.float32)
-    b = rng.standard_normal((SIZE, k_max)).astype(np.float32)
-    c = np.empty((m_max, SIZE), np.float32)
+    m_max, k_max = max(ROWS), max(k for v in shapes.values() for _, k in v)
+    # on 64-byte lines, as the generated code's own buffers are (numpy's large arrays start
+    # 16 bytes past one, where each 64-byte load of the dot path spans two lines: measured
+    # so on Zen 5, the dot path ran 64 x 128 x 784 at 135 GFLOP/s instead of 206, and the
+    # crossing came out 32 or 64 from one process to the next)
+    a = aligned_copy(rng.standard_normal((m_max, k_max)).astype(np.float32))
+    b = aligned_copy(rng.standard_normal((SIZE, k_max)).astype(np.float32))
+    c = empty_aligned((m_max, SIZE), np.float32)
     mc, kc, nc = tiles["mc"], tiles["kc"], tiles["nc"]
-    pack = np.empty(mc * kc + nc * kc + 64, np.float32)
+    pack = empty_aligned((mc * kc + nc * kc + 64,), np.float32)
     ptr = lambda x: x.ctypes.data
 
     def timer(op: int, name: str, on: bool):
-        def run(m: int) -> float:   # seconds per output column, summed over the widths
+        def run(m: int) -> list[float]:   # seconds per call, at each shape
             knob[name].value = 1 << 30 if on else 0
-            k, total = ks[name], 0.0
-            for n in WIDTHS if name == "dot" else (SIZE,):
-                reps = max(1, int(2e6 / (m * n * k / 16)))
-                total += fn(op, m, n, k, ptr(a), ptr(b), ptr(c), ptr(pack), 7, reps) / n
-            return total
+            return [fn(op, m, n, k, ptr(a), ptr(b), ptr(c), ptr(pack), 7,
+                       max(1, int(2e6 / (m * n * k / 16)))) for n, k in shapes[name]]
         return run
 
     out = {k: tiles[k] for k in KNOBS}
