@@ -227,6 +227,12 @@ def test_blocking_follows_the_cache_sizes(tmp_path):
     assert big["far_floats"] == 4 * (2 << 20) // 4   # floats in four times L2
     for b, c in ((small, caches), (big, {"L1": 48 << 10})):   # a dot block's 11 rows in L1
         assert 11 * 4 * b["dot_max_k"] <= c["L1"] < 11 * 4 * (b["dot_max_k"] + 1)
+    # a narrow (AVX2) tile: its A and B slivers share three quarters of L1; the wide
+    # AVX-512 tile's B sliver streams from L2, only its A sliver is held to a quarter
+    for l1 in (32 << 10, 48 << 10):
+        narrow = c_tiles.blocking(6, 16, {**caches, "L1": l1})
+        assert (6 + 16) * 4 * narrow["kc"] <= l1 * 3 // 4 and narrow["kc"] >= 256
+    assert big["kc"] == 384 and c_tiles.blocking(6, 16, {**caches, "L1": 48 << 10})["kc"] == 384
     assert c_tiles.host_caches.__wrapped__(str(tmp_path / "none")) == c_tiles.DEFAULT_CACHES
 
 
