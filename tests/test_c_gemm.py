@@ -31,7 +31,7 @@ UNPACKED = {**TILES, "direct_max_m": BIG, "direct_max_kn": BIG, "dot_max_m": BIG
             "dot_long_max_m": BIG, "dot_aliased_max_m": BIG, "far_floats": 0}
 #: everything packed (no dot products, no A or B in place; B in place only where two slivers
 #: of A hold every row), C fetched ahead wherever K is short
-PACKED = {**TILES, "direct_max_m": 0, "dot_max_m": 0, "dot_long_max_m": 0,
+PACKED = {**TILES, "direct_max_m": 0, "dot_max_m": 0, "dot_long_max_m": 0, "row_kernels": 0,
           "dot_aliased_max_m": 0, "pack_a_min_n": 1, "far_floats": 0}
 V3 = ["-O2", "-march=x86-64-v3"]
 NATIVE = ["-O2", "-march=native"]
@@ -41,7 +41,7 @@ BUILDS = {
     "picked": (None, NATIVE),
     "packed": (PACKED, [*NATIVE, "-fopenmp"]),
     "unpacked": (UNPACKED, [*NATIVE, "-fopenmp"]),
-    "12x32": ({**PACKED, "mr": 12, "nr": 32, "kc": 96, "mc": 36, "nc": 64, "row_kernels": 1},
+    "12x32": ({**PACKED, "mr": 12, "nr": 32, "kc": 96, "mc": 36, "nc": 64, "row_kernels": 5},
               NATIVE),
     "x86-64-v3": (None, [*V3, "-fopenmp"]),
     "vec4": (None, ["-O2"]),
@@ -63,9 +63,11 @@ void t_small(int M, int N, int K, float alpha, const float *A, int lda, const fl
              int ldb, float beta, float *C, int ldc, const float *bias, int act, int threads) {
     lc_small_nt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, act, NULL, threads);
 }"""
+#: (M, N, K); 13 x 64, 15 x 96 and 3 x 80: a last partial sliver of rows (5 and 7 rows: two
+#: row kernels with MR = 8; 3) in column tiles of 48 and of 16 or 32
 SHAPES = [(1, 1, 1), (3, 17, 5), (7, 33, 64), (37, 45, 29), (65, 130, 9), (130, 20, 300),
           (300, 70, 17), (64, 128, 784), (9, 49, 515), (17, 97, 33), (41, 530, 21),
-          (20, 400, 300)]
+          (20, 400, 300), (13, 64, 40), (15, 96, 30), (3, 80, 20)]
 
 
 def x86() -> bool:

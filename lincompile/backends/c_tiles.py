@@ -44,11 +44,12 @@ REGISTER_TILES = {"avx512": (8, 48), "avx2": (6, 16), "avx": (6, 16), "vec4": (6
 #: packing A measured 2–7 % faster there from 128 columns (8 column tiles) on and slower
 #: below. The AVX-512 kernel keeps them in registers and gains nothing from the copy.
 PACK_A_MIN_N = {"avx512": 0, "avx2": 128, "avx": 128, "vec4": 128, "scalar": 0}
-#: whether a last partial sliver of rows gets a kernel per row count (1) instead of a padded
-#: tile (0): with MR = 6 every usual batch (32, 64, 128, 256, ...) leaves 2 or 4 rows (6 % on
-#: dX at 64 rows); with MR = 8 they leave none, and the 7 kernels would cost 20 % more
-#: compile time of the GEMM for every build.
-ROW_KERNELS = {"avx512": 0, "avx2": 1, "avx": 1, "vec4": 1, "scalar": 0}
+#: the row counts (1 to this) of a last partial sliver of rows that have a kernel of their
+#: own, instead of a padded tile of MR rows (6 % on dX at 64 rows with MR = 6, 8 times the
+#: work for a batch of one with MR = 8); more rows run in parts, the largest first. Every
+#: count below MR = 6; with MR = 8 up to 4 (5 to 7 rows as 4 + the rest: the three more
+#: kernels would add 10 % to the compile time of every build)
+ROW_KERNELS = {"avx512": 4, "avx2": 5, "avx": 5, "vec4": 5, "scalar": 0}
 #: the defaults the thresholds take without a measurement
 DEFAULT_DOT_MAX_M = 16
 DEFAULT_DOT_LONG_MAX_M = 16
@@ -64,7 +65,7 @@ DEFAULT_CACHES = {"L1": 32 * 1024, "L2": 1024 * 1024, "L3": 8 * 1024 * 1024}
 TILES = {"mr": 8, "nr": 48, "kc": 384, "mc": 1536, "nc": 480, "direct_max_m": 64,
          "direct_max_kn": 262144, "dot_max_m": 16, "dot_max_k": 744, "dot_long_max_m": 16,
          "dot_aliased_max_m": 16, "far_floats": 1048576, "pack_a_min_n": 0,
-         "row_kernels": 0}
+         "row_kernels": 4}
 
 
 def code_flags(flags: Sequence[str]) -> list[str]:
