@@ -325,8 +325,9 @@ def test_thresholds_are_measured_on_aligned_operands(monkeypatch):
 def test_long_rows_leave_the_dot_path_at_dot_max_k(tmp_path):
     """nt rows up to dot_max_k long take the dot-product path up to dot_max_m rows; longer
     ones only up to dot_long_max_m, and rows a multiple of 4 KiB apart only up to
-    dot_aliased_max_m (here 0: packed): bitwise the result of the build that always takes
-    that path (the two paths sum in different orders)."""
+    dot_aliased_max_m (here 0: packed); rows shorter than 4 per row of A never: bitwise the
+    result of the build that always takes that path (the two paths sum in different
+    orders)."""
     flags = ["-O2", "-march=native"]
     if c_tiles.target_isa(flags) != "avx512":
         pytest.skip("the dot-product path needs AVX-512 (this host has none)")
@@ -338,15 +339,18 @@ def test_long_rows_leave_the_dot_path_at_dot_max_k(tmp_path):
         libs[name] = build_gemm(tiles, flags, tmp_path / name)
     rng = np.random.default_rng(3)
     differ = set()
-    for k, long, aliased in ((1, "dot", "dot"), (63, "dot", "dot"), (64, "dot", "dot"),
+    for k, long, aliased in ((1, "packed", "packed"), (31, "packed", "packed"),
+                             (32, "dot", "dot"), (63, "dot", "dot"), (64, "dot", "dot"),
                              (65, "packed", "dot"), (1000, "packed", "dot"),
                              (1024, "packed", "packed"), (2048, "packed", "packed")):
-        a = rng.standard_normal((20, k)).astype(np.float32)
+        a = rng.standard_normal((8, k)).astype(np.float32)
         b = rng.standard_normal((37, k)).astype(np.float32)
         out = {}
         for name, so in libs.items():
-            out[name] = np.full((20, 37), np.nan, np.float32)
+            out[name] = np.full((8, 37), np.nan, np.float32)
             call(so, "nt", a, b, out[name], 1.0, 0.0, None, 0)
+        if k < 4 * 8:   # short rows: packed even where every threshold says dot
+            assert np.array_equal(out["dot"], out["packed"]), f"K={k}: not packed"
         assert np.array_equal(out["long"], out[long]), f"K={k}: not the {long} path"
         assert np.array_equal(out["aliased"], out[aliased]), f"K={k}: not the {aliased} path"
         if not np.array_equal(out["dot"], out["packed"]):
