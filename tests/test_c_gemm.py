@@ -58,6 +58,12 @@ void f_{lay}(int M, int N, int K, float alpha, const float *A, int lda, const fl
     lc_gemm_{lay}_from(M, N, K, alpha, A, lda, B, ldb, beta, S, C, ldc, bias, act, pack,
                       threads);
 }}""" for lay in ("nt", "nn", "tn", "tt"))
+PACK_WRAP = "\n".join(f"""
+void p_{lay}(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C,
+             float *pk) {{
+    lc_gemm_{lay}(M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N, NULL, 0, pk, 1);
+}}""" for lay in ("nt", "nn", "tn", "tt")) + """
+size_t pack_floats(long M, long N, long K) { return lc_gemm_pack_floats(M, N, K); }"""
 SMALL_WRAP = """
 void t_small(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
              int ldb, float beta, float *C, int ldc, const float *bias, int act, int threads) {
@@ -92,7 +98,7 @@ def lib(request, tmp_path_factory):
 def build_gemm(tiles, flags, folder):
     """templates/c/gemm.c.j2 and small_gemm.c.j2 rendered with ``tiles``, behind the t_/f_
     wrappers, built with ``flags`` in ``folder``."""
-    src = (render("c/gemm.c.j2", **tiles) + "\nstatic float pack[1 << 22];\n" + WRAP
+    src = (render("c/gemm.c.j2", **tiles) + "\nstatic float pack[1 << 22];\n" + WRAP + PACK_WRAP
            + "\n#define LC_UNUSED __attribute__((unused))\n" + render("c/small_gemm.c.j2")
            + SMALL_WRAP)
     return build_c_library(src, flags, folder)
@@ -177,6 +183,30 @@ def test_from_starts_from_another_matrix(lib, lay):
                                 b.shape[1], ctypes.c_float(1.0), p(inplace), p(inplace), N,
                                 None, 0, 2)
         assert np.array_equal(inplace, c), f"{kind} {lay}: S = C differs from S != C"
+
+
+def test_products_stay_within_their_pack_floats(lib):
+    """Each layout uses at most ``lc_gemm_pack_floats(M, N, K)`` floats of its pack area (what
+    the generated workspace holds), narrow products included, whichever way they are
+    computed: the floats after it are left as they were."""
+    kind, _, so = lib
+    so.pack_floats.restype = ctypes.c_size_t
+    so.pack_floats.argtypes = [ctypes.c_long] * 3
+    rng = np.random.default_rng(4)
+    p = lambda x: x.ctypes.data_as(ctypes.c_void_p)
+    for M, N, K in [(2000, 3, 500), (1700, 15, 400), (3, 2000, 500), (40, 5, 400), (1, 37, 530),
+                    (300, 70, 17)]:
+        floats = so.pack_floats(M, N, K)
+        for lay in ("nt", "nn", "tn", "tt"):
+            a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
+            b = rng.standard_normal((N, K) if lay[1] == "t" else (K, N)).astype(np.float32)
+            pk = np.full(floats + 4096, 7.0, np.float32)
+            c = np.full((M, N), np.nan, np.float32)
+            getattr(so, f"p_{lay}")(M, N, K, p(a), a.shape[1], p(b), b.shape[1], p(c), p(pk))
+            assert (pk[floats:] == 7.0).all(), f"{kind} {lay} {M}x{N}x{K}: past its pack area"
+            want = expected(lay, a, b, None, 1.0, 0.0, None, 0)
+            err = np.abs(c - want).max() / np.abs(want).max()
+            assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} {lay} {M}x{N}x{K}: {err:.1e}"
 
 
 def test_big_product_is_thread_count_independent(lib):
