@@ -47,8 +47,8 @@ PACK_A_MIN_N = {"avx512": 0, "avx2": 128, "avx": 128, "vec4": 128, "scalar": 0}
 #: the row counts (1 to this) of a last partial sliver of rows that have a kernel of their
 #: own, instead of a padded tile of MR rows (6 % on dX at 64 rows with MR = 6, 8 times the
 #: work for a batch of one with MR = 8); more rows run in parts, the largest first. Every
-#: count below MR = 6; with MR = 8 up to 4 (5 to 7 rows as 4 + the rest: the three more
-#: kernels would add 10 % to the compile time of every build)
+#: count below MR = 6; with MR = 8 up to 4 (5 to 7 rows as 4 + the rest: these four add 13 %
+#: to the compile time of an MLP step's build, all seven would add 45 %)
 ROW_KERNELS = {"avx512": 4, "avx2": 5, "avx": 5, "vec4": 5, "scalar": 0}
 #: the defaults the thresholds take without a measurement
 DEFAULT_DOT_MAX_M = 16
