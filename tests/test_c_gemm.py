@@ -72,11 +72,15 @@ void t_small(int M, int N, int K, float alpha, const float *A, int lda, const fl
 #: (M, N, K); 13 x 64, 15 x 96 and 3 x 80: a last partial sliver of rows (5 and 7 rows: two
 #: row kernels with MR = 8; 3) in column tiles of 48 and of 16 or 32; one row (nn/tn read B
 #: row by row) over two K blocks with a partial vector, and over two runs of B's row; fewer
-#: than 16 columns (tn/tt compute C transposed), over two K blocks and over two MC blocks
+#: than 16 columns (tn/tt compute C transposed), over two K blocks and over two MC blocks;
+#: nn with few columns by dot products of rows (1, 2, 10 and 11 columns: blocks of 3 with
+#: columns to spare and without; rows past a block of 8 or 4, K past a vector, at its
+#: bound, and a multiple of 4 KiB)
 SHAPES = [(1, 1, 1), (3, 17, 5), (7, 33, 64), (37, 45, 29), (65, 130, 9), (130, 20, 300),
           (300, 70, 17), (64, 128, 784), (9, 49, 515), (17, 97, 33), (41, 530, 21),
           (20, 400, 300), (13, 64, 40), (15, 96, 30), (3, 80, 20), (1, 37, 530),
-          (1, 4100, 3), (40, 5, 400), (1600, 3, 9)]
+          (1, 4100, 3), (40, 5, 400), (1600, 3, 9), (1001, 1, 37), (6, 2, 16),
+          (203, 11, 170), (37, 10, 131), (9, 3, 1024)]
 
 
 def x86() -> bool:
@@ -195,7 +199,7 @@ def test_products_stay_within_their_pack_floats(lib):
     rng = np.random.default_rng(4)
     p = lambda x: x.ctypes.data_as(ctypes.c_void_p)
     for M, N, K in [(2000, 3, 500), (1700, 15, 400), (3, 2000, 500), (40, 5, 400), (1, 37, 530),
-                    (300, 70, 17)]:
+                    (300, 70, 17), (9, 11, 5000), (64, 8, 3000)]:
         floats = so.pack_floats(M, N, K)
         for lay in ("nt", "nn", "tn", "tt"):
             a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
