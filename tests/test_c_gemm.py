@@ -73,14 +73,14 @@ void t_small(int M, int N, int K, float alpha, const float *A, int lda, const fl
 #: row kernels with MR = 8; 3) in column tiles of 48 and of 16 or 32; one row (nn/tn read B
 #: row by row) over two K blocks with a partial vector, and over two runs of B's row; fewer
 #: than 16 columns (tn/tt compute C transposed), over two K blocks and over two MC blocks;
-#: nn with few columns by dot products of rows (1, 2, 10 and 11 columns: blocks of 3 with
+#: nn with few columns by dot products of rows (1, 2, 8, 10 and 11 columns: blocks of 3 with
 #: columns to spare and without; rows past a block of 8 or 4, K past a vector, at its
 #: bound, and a multiple of 4 KiB)
 SHAPES = [(1, 1, 1), (3, 17, 5), (7, 33, 64), (37, 45, 29), (65, 130, 9), (130, 20, 300),
           (300, 70, 17), (64, 128, 784), (9, 49, 515), (17, 97, 33), (41, 530, 21),
           (20, 400, 300), (13, 64, 40), (15, 96, 30), (3, 80, 20), (1, 37, 530),
           (1, 4100, 3), (40, 5, 400), (1600, 3, 9), (1001, 1, 37), (6, 2, 16),
-          (203, 11, 170), (37, 10, 131), (9, 3, 1024)]
+          (203, 11, 170), (37, 10, 131), (29, 8, 70), (9, 3, 1024)]
 
 
 def x86() -> bool:
