@@ -215,12 +215,15 @@ def test_products_stay_within_their_pack_floats(lib):
 
 def test_big_product_is_thread_count_independent(lib):
     """A product large enough to be split over threads (≥ 2 MFLOP) in every layout, also
-    starting from C, with column strips that start inside a register tile (the thread
-    count is ignored by a build without OpenMP)."""
+    starting from C, with column strips that start inside a register tile; and dot
+    products of rows split both ways (nn with few columns: by rows; nt with few rows: by
+    columns). The thread count is ignored by a build without OpenMP."""
     kind, _, so = lib
     rng = np.random.default_rng(1)
-    M, N, K = 100, 150, 90
-    for lay, beta in (("nt", 0.0), ("nn", 0.0), ("tn", 0.0), ("tn", 0.5), ("tt", 0.5)):
+    for lay, beta, (M, N, K) in (("nt", 0.0, (100, 150, 90)), ("nn", 0.0, (100, 150, 90)),
+                                 ("tn", 0.0, (100, 150, 90)), ("tn", 0.5, (100, 150, 90)),
+                                 ("tt", 0.5, (100, 150, 90)), ("nn", 0.5, (2003, 7, 150)),
+                                 ("nt", 0.0, (12, 900, 300))):
         a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
         b = rng.standard_normal((N, K) if lay[1] == "t" else (K, N)).astype(np.float32)
         bias = rng.standard_normal(N).astype(np.float32)
