@@ -75,12 +75,14 @@ void t_small(int M, int N, int K, float alpha, const float *A, int lda, const fl
 #: than 16 columns (tn/tt compute C transposed), over two K blocks and over two MC blocks;
 #: nn with few columns by dot products of rows (1, 2, 8, 10 and 11 columns: blocks of 3 with
 #: columns to spare and without; rows past a block of 8 or 4, K past a vector, at its
-#: bound, and a multiple of 4 KiB)
+#: bound, and a multiple of 4 KiB); K of 1 to 4 (nn/tn along the rows of C: odd rows, a
+#: last partial vector, whole vectors only, two column blocks)
 SHAPES = [(1, 1, 1), (3, 17, 5), (7, 33, 64), (37, 45, 29), (65, 130, 9), (130, 20, 300),
           (300, 70, 17), (64, 128, 784), (9, 49, 515), (17, 97, 33), (41, 530, 21),
           (20, 400, 300), (13, 64, 40), (15, 96, 30), (3, 80, 20), (1, 37, 530),
           (1, 4100, 3), (40, 5, 400), (1600, 3, 9), (1001, 1, 37), (6, 2, 16),
-          (203, 11, 170), (37, 10, 131), (29, 8, 70), (9, 3, 1024)]
+          (203, 11, 170), (37, 10, 131), (29, 8, 70), (9, 3, 1024), (37, 45, 3),
+          (2, 16, 2), (6, 4100, 1), (130, 1500, 4)]
 
 
 def x86() -> bool:
@@ -217,13 +219,15 @@ def test_big_product_is_thread_count_independent(lib):
     """A product large enough to be split over threads (≥ 2 MFLOP) in every layout, also
     starting from C, with column strips that start inside a register tile; and dot
     products of rows split both ways (nn with few columns: by rows; nt with few rows: by
-    columns). The thread count is ignored by a build without OpenMP."""
+    columns), and products of a short K along the rows of C. The thread count is ignored
+    by a build without OpenMP."""
     kind, _, so = lib
     rng = np.random.default_rng(1)
     for lay, beta, (M, N, K) in (("nt", 0.0, (100, 150, 90)), ("nn", 0.0, (100, 150, 90)),
                                  ("tn", 0.0, (100, 150, 90)), ("tn", 0.5, (100, 150, 90)),
                                  ("tt", 0.5, (100, 150, 90)), ("nn", 0.5, (2003, 7, 150)),
-                                 ("nt", 0.0, (12, 900, 300))):
+                                 ("nt", 0.0, (12, 900, 300)), ("nn", 0.5, (500, 700, 3)),
+                                 ("tn", 0.0, (400, 900, 2))):
         a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
         b = rng.standard_normal((N, K) if lay[1] == "t" else (K, N)).astype(np.float32)
         bias = rng.standard_normal(N).astype(np.float32)
