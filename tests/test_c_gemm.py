@@ -191,6 +191,31 @@ def test_from_starts_from_another_matrix(lib, lay):
         assert np.array_equal(inplace, c), f"{kind} {lay}: S = C differs from S != C"
 
 
+@pytest.mark.parametrize("lay", ["nt", "nn", "tn", "tt"])
+def test_columns_past_n_are_left_alone(lib, lay):
+    """With a row stride past N, every path (a last partial vector stored by masked moves,
+    padded copies, short K along the rows, dot products) writes only the N columns of each
+    row, from S = C as well as into a fresh C."""
+    kind, _, so = lib
+    rng = np.random.default_rng(5)
+    for M, N, K in [(37, 45, 29), (16, 100, 10), (9, 20, 3), (300, 5, 40), (3, 37, 530),
+                    (2, 1, 1), (13, 70, 2)]:
+        a = rng.standard_normal((K, M) if lay[0] == "t" else (M, K)).astype(np.float32)
+        b = rng.standard_normal((N, K) if lay[1] == "t" else (K, N)).astype(np.float32)
+        for beta in (0.0, 0.5):
+            wide = np.full((M, N + 7), 12345.0, np.float32)
+            c0 = rng.standard_normal((M, N)).astype(np.float32)
+            wide[:, :N] = c0 if beta else np.nan
+            p = lambda x: x.ctypes.data_as(ctypes.c_void_p)
+            getattr(so, f"t_{lay}")(M, N, K, ctypes.c_float(1.0), p(a), a.shape[1], p(b),
+                                    b.shape[1], ctypes.c_float(beta), p(wide), N + 7, None,
+                                    0, 1)
+            want = expected(lay, a, b, c0, 1.0, beta, None, 0)
+            err = np.abs(wide[:, :N] - want).max() / np.abs(want).max()
+            assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} {lay} {M}x{N}x{K}: {err:.1e}"
+            assert (wide[:, N:] == 12345.0).all(), f"{kind} {lay} {M}x{N}x{K}: wrote past N"
+
+
 def test_products_stay_within_their_pack_floats(lib):
     """Each layout uses at most ``lc_gemm_pack_floats(M, N, K)`` floats of its pack area (what
     the generated workspace holds), narrow products included, whichever way they are
