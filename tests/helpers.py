@@ -161,3 +161,22 @@ def build_c_library(src: str, flags: list[str], folder: Path) -> ctypes.CDLL:
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return ctypes.CDLL(str(folder / "g.so"))
+
+
+SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=all"]
+
+
+def sanitizer_missing(tmp_path: Path, env: dict) -> str | None:
+    """Why ASan/UBSan cannot run here (a trivial program does not build or run), or None."""
+    src = tmp_path / "probe.c"
+    src.write_text("#include <stdlib.h>\nint main(void) { char *p = malloc(4); p[0] = 0; "
+                   "free(p); return 0; }\n")
+    try:
+        subprocess.run(["cc", *SANITIZE, str(src), "-o", str(tmp_path / "probe")], check=True,
+                       capture_output=True, text=True, timeout=120)
+        subprocess.run([str(tmp_path / "probe")], check=True, capture_output=True, text=True,
+                       env=env, timeout=60)
+    except subprocess.CalledProcessError as e:
+        return (e.stderr or e.stdout or f"exit {e.returncode}").strip()[:200]
+    return None

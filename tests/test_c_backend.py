@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from c_helpers import build_driver, run_driver, train_with_library
-from helpers import mlp
+from helpers import SANITIZE, mlp, sanitizer_missing
 
 import lincompile as lc
 from lincompile.backends.c import CExecutable, write_c_sources
@@ -350,25 +350,6 @@ def test_generated_c_is_warning_free_and_documented(tmp_path):
 
 
 # --------------------------------------------------------------------------- sanitizers
-SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
-            "-fno-sanitize-recover=all"]
-
-
-def sanitizer_missing(tmp_path: Path, env: dict) -> str | None:
-    """Why ASan/UBSan cannot run here (a trivial program does not build or run), or None."""
-    src = tmp_path / "probe.c"
-    src.write_text("#include <stdlib.h>\nint main(void) { char *p = malloc(4); p[0] = 0; "
-                   "free(p); return 0; }\n")
-    try:
-        subprocess.run(["cc", *SANITIZE, str(src), "-o", str(tmp_path / "probe")], check=True,
-                       capture_output=True, text=True, timeout=120)
-        subprocess.run([str(tmp_path / "probe")], check=True, capture_output=True, text=True,
-                       env=env, timeout=60)
-    except subprocess.CalledProcessError as e:
-        return (e.stderr or e.stdout or f"exit {e.returncode}").strip()[:200]
-    return None
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="ASan/UBSan runs are set up for Linux")
 def test_address_and_undefined_sanitizers_clean(tmp_path):
     flags = ["-std=c99", "-O1", "-g", "-march=native", *SANITIZE]

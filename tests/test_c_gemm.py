@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from helpers import build_c_library
+from helpers import SANITIZE, build_c_library, sanitizer_missing
 
 from lincompile.backends import c_tiles, c_tune
 from lincompile.backends.c import TILES
@@ -214,6 +217,65 @@ def test_columns_past_n_are_left_alone(lib, lay):
             err = np.abs(wide[:, :N] - want).max() / np.abs(want).max()
             assert err < 1e-5 * max(1, np.sqrt(K) / 4), f"{kind} {lay} {M}x{N}x{K}: {err:.1e}"
             assert (wide[:, N:] == 12345.0).all(), f"{kind} {lay} {M}x{N}x{K}: wrote past N"
+
+
+SANITIZED_DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+static float *filled(size_t n) {   /* exactly n floats: ASan sees a read one past */
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = (float)(i % 7) - 3.0f;
+    return p;
+}
+int main(void) {
+    static const int shapes[][3] = {SHAPES};
+    for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++) {
+        int M = shapes[q][0], N = shapes[q][1], K = shapes[q][2];
+        for (int lay = 0; lay < 4; lay++)
+            for (int v = 0; v < 6; v++) {   /* beta 0 / 0.5 x S apart / S = C x 1, 2 threads */
+                int ta = lay >= 2, tb = lay % 2 == 0, threads = v < 4 ? 1 : 2;
+                float beta = v % 2 ? 0.5f : 0.0f;
+                float *A = filled((size_t)M * K), *B = filled((size_t)K * N);
+                float *C = filled((size_t)M * N), *S = v % 4 < 2 ? filled((size_t)M * N) : C;
+                float *pk = filled((size_t)threads * lc_gemm_pack_floats(M, N, K));
+                int lda = ta ? M : K, ldb = tb ? K : N;
+                void (*f)(int, int, int, float, const float *, int, const float *, int, float,
+                          const float *, float *, int, const float *, int, float *, int) =
+                    lay == 0 ? lc_gemm_nt_from : lay == 1 ? lc_gemm_nn_from
+                    : lay == 2 ? lc_gemm_tt_from : lc_gemm_tn_from;
+                f(M, N, K, 1.0f, A, lda, B, ldb, beta, S, C, N, NULL, 0, pk, threads);
+                if (S != C) free(S);
+                free(A); free(B); free(C); free(pk);
+            }
+    }
+    puts("ok");
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ASan/UBSan runs are set up for Linux")
+@pytest.mark.parametrize("flags", [NATIVE, V3], ids=["native", "x86-64-v3"])
+def test_every_path_stays_within_its_operands_under_sanitizers(tmp_path, flags):
+    """Every layout and path (the shapes above, each operand and the pack allocated at its
+    exact size) with beta 0 and not, S apart from C and S = C, on one and two threads: no
+    read or write past any of them, no undefined behaviour (ASan, UBSan)."""
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
+           "UBSAN_OPTIONS": "print_stacktrace=1"}
+    why = sanitizer_missing(tmp_path, env)
+    if why:
+        pytest.skip(f"no sanitizer runtime here: {why}")
+    if flags is V3 and not x86():
+        pytest.skip("an x86-64 build")
+    shapes = [*SHAPES, (2003, 7, 150), (500, 700, 3), (12, 900, 300), (300, 5, 40)]
+    src = (render("c/gemm.c.j2", **c_tiles.gemm_tiles(flags, tune=False))
+           + SANITIZED_DRIVER.replace("SHAPES", ", ".join("{%d, %d, %d}" % s for s in shapes)))
+    (tmp_path / "g.c").write_text(src)
+    exe = tmp_path / "g"
+    subprocess.run(["cc", *flags, "-g", "-std=c99", "-fopenmp", *SANITIZE, str(tmp_path / "g.c"),
+                    "-o", str(exe), "-lm"], check=True, capture_output=True, text=True)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
 
 
 def test_products_stay_within_their_pack_floats(lib):
