@@ -269,7 +269,8 @@ def test_every_path_stays_within_its_operands_under_sanitizers(tmp_path, flags):
         pytest.skip("an x86-64 build")
     shapes = [*SHAPES, (2003, 7, 150), (500, 700, 3), (12, 900, 300), (300, 5, 40)]
     src = (render("c/gemm.c.j2", **c_tiles.gemm_tiles(flags, tune=False))
-           + SANITIZED_DRIVER.replace("SHAPES", ", ".join("{%d, %d, %d}" % s for s in shapes)))
+           + SANITIZED_DRIVER.replace("SHAPES", ", ".join(f"{{{m}, {n}, {k}}}"
+                                                          for m, n, k in shapes)))
     (tmp_path / "g.c").write_text(src)
     exe = tmp_path / "g"
     subprocess.run(["cc", *flags, "-g", "-std=c99", "-fopenmp", *SANITIZE, str(tmp_path / "g.c"),
