@@ -328,8 +328,8 @@ class _Source:
                   "cc_line": " ".join(cc_line(self.cflags)),
                   "what": " and ".join(e.text["what"] for e in self.entries),
                   "entries": [e.text for e in self.entries]}
-        # with AVX-512, lc_small_nt runs on the GEMM core's dot-product blocks
-        core = uses("lc_gemm") or (uses("lc_small") and target_isa(self.cflags) == "avx512")
+        # with vectors, lc_small_nt runs on the GEMM core's dot-product blocks
+        core = uses("lc_gemm") or (uses("lc_small") and target_isa(self.cflags) != "scalar")
         gemm = render("c/gemm.c.j2", self.bytecode, **self.tiles()) if core else ""
         bf16 = render("c/gemm_bf16.c.j2", self.bytecode, ncp=BF16_NCP) if uses(
             "lc_gemm_bf16") else ""
